@@ -1,0 +1,23 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="affectkit",
+    version="0.1.0",
+    description="Keras 3 toolkit for multi-task facial affect analysis (ABAW / Aff-Wild2).",
+    packages=find_packages(include=["affectkit", "affectkit.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.16,<2.22",
+        "keras>=3.10,<4",
+        "keras-tuner>=1.4.7,<1.5",
+        "numpy>=1.26,<3",
+        "pandas>=2.2,<4",
+        "opencv-python-headless>=4.9,<6",
+        "matplotlib>=3.8,<4",
+        "scikit-learn>=1.4,<2",
+        "imageio-ffmpeg>=0.5,<1",
+        "mtcnn>=1.0,<2",
+    ],
+    extras_require={"test": ["pytest>=8", "scikit-image>=0.22"]},
+    entry_points={"console_scripts": ["affectkit=affectkit.cli:main"]},
+)
