@@ -14,3 +14,16 @@ try:
     )
 except RuntimeError:  # already initialised by another conftest import
     pass
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def demo_root(tmp_path_factory):
+    """A tiny synthetic Aff-Wild2 layout (ABAW3 names), generated once per test session."""
+    from affectkit.data.synthetic import write_demo_dataset
+
+    root = tmp_path_factory.mktemp("demo") / "data"
+    write_demo_dataset(str(root), edition="abaw3", videos=6, frames=40, seed=3)
+    return str(root)

@@ -1,0 +1,30 @@
+# `make demo`: set up, generate the synthetic demo data, train MTANet, evaluate, export.
+# `make test`: set up and run the default test suite (long tests: `make test-slow`).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO := demo
+
+.PHONY: setup demo test test-slow bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+demo: setup
+	$(VENV)/bin/affectkit demo-data --out $(DEMO)/data --edition abaw3
+	$(PY) recipes/zhang2020_mtanet.py --data $(DEMO)/data --edition abaw3 --out $(DEMO)/zhang2020_mtanet --preset cpu_demo
+
+test: setup
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow: setup
+	$(PY) -m pytest -m slow -q
+
+clean:
+	rm -rf $(DEMO)

@@ -1,0 +1,497 @@
+"""Masked losses of the ABAW systems, and learned uncertainty weighting of task losses.
+
+Every loss takes labels with the dataset's missing markers (valence/arousal -5,
+expression -1, each AU -1) and returns one scalar per batch: the mean over the valid
+entries. A batch with no valid label gives exactly 0 with finite (zero) gradients.
+Extra leading dimensions, e.g. (B, T, ...) of per-frame sequence heads, are flattened.
+
+`sample_weight`, when given, weighs rows (it broadcasts over the leading dims, e.g.
+(B,) for (B, T, ...) outputs); the result is then the weighted mean over valid rows.
+
+Distribution: like Keras' built-in losses with the default reduction
+`"sum_over_batch_size"`, the value is divided by the number of replicas when called
+under a `tf.distribute` strategy with several replicas (Keras sums gradients across
+replicas). With `reduction="sum"` or `None` the plain per-replica mean is returned.
+"""
+
+import keras
+from keras import ops
+
+from affectkit.labels import VA_MISSING
+
+_EPSILON = 1e-7
+
+
+def _safe_ratio(numerator, denominator):
+    """numerator / denominator where denominator > 0, else 0 (finite gradients)."""
+    positive = denominator > 0
+    return ops.where(positive, numerator / ops.where(positive, denominator, 1.0), 0.0)
+
+
+def _row_weights(sample_weight, leading_shape, rows, dtype):
+    """Per-row weights (rows,) from a `sample_weight` broadcastable to the leading dims."""
+    if sample_weight is None:
+        return None
+    weights = ops.cast(ops.convert_to_tensor(sample_weight), dtype)
+    lead_rank = len(leading_shape)
+    while len(weights.shape) > lead_rank and weights.shape[-1] == 1:
+        weights = ops.squeeze(weights, axis=-1)
+    while len(weights.shape) < lead_rank:
+        weights = ops.expand_dims(weights, axis=-1)
+    return ops.reshape(ops.broadcast_to(weights, leading_shape), (rows,))
+
+
+def _scale_for_replicas(value):
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if replicas > 1:
+        value = value * ops.cast(1.0 / replicas, value.dtype)
+    return value
+
+
+class _MaskedLoss(keras.losses.Loss):
+    """Base class: subclasses implement `masked_mean(y_true, y_pred, row_weights_fn)`."""
+
+    def __init__(self, name=None, reduction="sum_over_batch_size", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        with keras.name_scope(self.name):
+            y_true = ops.convert_to_tensor(y_true, dtype=self.dtype)
+            y_pred = ops.convert_to_tensor(y_pred, dtype=self.dtype)
+            value = self.call(y_true, y_pred, sample_weight=sample_weight)
+            if self.reduction in ("sum_over_batch_size", "mean", "mean_with_sample_weight"):
+                value = _scale_for_replicas(value)
+            return value
+
+    def call(self, y_true, y_pred, sample_weight=None):
+        raise NotImplementedError
+
+
+def _class_rows(y_true, y_pred, sample_weight, class_axis_rank=1):
+    """Flattened integer labels (rows,), predictions (rows, ...) and row weights.
+
+    `class_axis_rank` trailing dims of `y_pred` are kept ((C,) or (2, C)); labels of
+    shape (...,) or (..., 1) are flattened; missing labels (< 0) get weight 0.
+    """
+    trailing = tuple(y_pred.shape[-class_axis_rank:])
+    predictions = ops.reshape(y_pred, (-1,) + trailing)
+    rows = ops.shape(predictions)[0]
+    labels = ops.cast(ops.reshape(y_true, (rows,)), "int32")
+    valid = ops.cast(labels >= 0, y_pred.dtype)
+    weights = _row_weights(sample_weight, ops.shape(y_pred)[:-class_axis_rank], rows, y_pred.dtype)
+    if weights is not None:
+        valid = valid * weights
+    return ops.maximum(labels, 0), predictions, valid
+
+
+def _log_probabilities(y_pred, from_logits):
+    if from_logits:
+        return ops.log_softmax(y_pred, axis=-1)
+    return ops.log(ops.clip(y_pred, _EPSILON, 1.0 - _EPSILON))
+
+
+def _smoothed_one_hot(labels, num_classes, label_smoothing, dtype):
+    targets = ops.one_hot(labels, num_classes, dtype=dtype)
+    if label_smoothing:
+        targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
+    return targets
+
+
+@keras.saving.register_keras_serializable(package="affectkit")
+class MaskedCCCLoss(_MaskedLoss):
+    """Mean over columns of 1 - CCC, each column's CCC over its labelled rows.
+
+    Valence/arousal loss of Kollias et al. used by Zhang & Gu 2020 (MTANet),
+    1 - (CCC_v + CCC_a) / 2, and per dimension by Haider et al. 2022 and Do et al. 2020.
+    Per column: CCC = 2 cov / (var_t + var_p + (mean_t - mean_p)^2 + 1e-7) with
+    population moments over the rows whose label is not -5. A column with no labelled
+    row contributes 0. With a single labelled row the variances and covariance are 0, so
+    CCC = 0 and that column contributes 1 with zero gradient (the same value as
+    `affectkit.metrics.ccc` on one pair). The mean is over all columns.
+
+    Args:
+        name: loss name.
+        reduction: `"sum_over_batch_size"` (default: scaled for `tf.distribute` like
+            Keras losses) or `"sum"`/`None` (not scaled).
+        dtype: computation dtype.
+
+    Example:
+    >>> loss = MaskedCCCLoss()
+    >>> loss([[0.1, -5.0], [0.5, 0.3], [-0.2, 0.1]], [[0.0, 0.2], [0.4, 0.1], [-0.1, 0.0]])
+    """
+
+    def __init__(self, name="masked_ccc_loss", reduction="sum_over_batch_size", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
+    def call(self, y_true, y_pred, sample_weight=None):
+        columns = y_pred.shape[-1]
+        t = ops.reshape(y_true, (-1, columns))
+        p = ops.reshape(y_pred, (-1, columns))
+        mask = ops.cast(ops.abs(t - VA_MISSING) > 1e-3, p.dtype)
+        weights = _row_weights(sample_weight, ops.shape(y_pred)[:-1], ops.shape(p)[0], p.dtype)
+        if weights is not None:
+            mask = mask * ops.expand_dims(weights, -1)
+        t = t * ops.cast(mask > 0, t.dtype)  # the -5 markers never enter the sums
+        n = ops.sum(mask, axis=0)
+        mean_t = _safe_ratio(ops.sum(mask * t, axis=0), n)
+        mean_p = _safe_ratio(ops.sum(mask * p, axis=0), n)
+        dt, dp = t - mean_t, p - mean_p
+        var_t = _safe_ratio(ops.sum(mask * dt * dt, axis=0), n)
+        var_p = _safe_ratio(ops.sum(mask * dp * dp, axis=0), n)
+        cov = _safe_ratio(ops.sum(mask * dt * dp, axis=0), n)
+        ccc = 2.0 * cov / (var_t + var_p + ops.square(mean_t - mean_p) + _EPSILON)
+        per_column = ops.where(n > 0, 1.0 - ccc, 0.0)
+        return ops.mean(per_column)
+
+    def get_config(self):
+        return {"name": self.name, "reduction": self.reduction, "dtype": self.dtype}
+
+
+@keras.saving.register_keras_serializable(package="affectkit")
+class MaskedCategoricalCrossentropy(_MaskedLoss):
+    """Cross-entropy on integer class labels; labels -1 are ignored.
+
+    Per row: CE = -sum_c w_y * t_c log p_c with t the one-hot label smoothed as
+    t = onehot * (1 - label_smoothing) + label_smoothing / C, and w_y the weight of the
+    row's class (1 without `class_weights`). The loss is sum(w_y CE) / sum(w_y) over the
+    labelled rows (as PyTorch's weighted `CrossEntropyLoss`, used by Haider et al. 2022).
+
+    Args:
+        from_logits: `y_pred` are logits instead of probabilities.
+        label_smoothing: in [0, 1].
+        class_weights: optional list of C per-class weights.
+        name, reduction, dtype: as `keras.losses.Loss`.
+
+    Example:
+    >>> loss = MaskedCategoricalCrossentropy(class_weights=[1.0, 2.0, 0.5])
+    >>> loss([0, -1, 2], [[0.7, 0.2, 0.1], [0.3, 0.3, 0.4], [0.1, 0.1, 0.8]])
+    """
+
+    def __init__(
+        self,
+        from_logits=False,
+        label_smoothing=0.0,
+        class_weights=None,
+        name="masked_categorical_crossentropy",
+        reduction="sum_over_batch_size",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.from_logits = bool(from_logits)
+        self.label_smoothing = float(label_smoothing)
+        self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
+
+    def call(self, y_true, y_pred, sample_weight=None):
+        labels, predictions, valid = _class_rows(y_true, y_pred, sample_weight)
+        num_classes = predictions.shape[-1]
+        targets = _smoothed_one_hot(labels, num_classes, self.label_smoothing, predictions.dtype)
+        per_row = -ops.sum(targets * _log_probabilities(predictions, self.from_logits), axis=-1)
+        if self.class_weights is not None:
+            if len(self.class_weights) != num_classes:
+                raise ValueError(
+                    f"{self.name}: {len(self.class_weights)} class weights for {num_classes} classes."
+                )
+            class_weights = ops.convert_to_tensor(self.class_weights, dtype=predictions.dtype)
+            valid = valid * ops.take(class_weights, labels)
+        return _safe_ratio(ops.sum(valid * per_row), ops.sum(valid))
+
+    def get_config(self):
+        return {
+            "from_logits": self.from_logits,
+            "label_smoothing": self.label_smoothing,
+            "class_weights": self.class_weights,
+            "name": self.name,
+            "reduction": self.reduction,
+            "dtype": self.dtype,
+        }
+
+
+@keras.saving.register_keras_serializable(package="affectkit")
+class MaskedBinaryCrossentropy(_MaskedLoss):
+    """Per-AU binary cross-entropy; entries -1 are ignored.
+
+    Per entry: -(w_k y log p + (1 - y) log(1 - p)) with w_k the positive weight of AU k
+    (1 without `pos_weights`; as PyTorch's `BCEWithLogitsLoss(pos_weight=...)` used by
+    Haider et al. 2022). The loss is the mean over the labelled entries.
+
+    Args:
+        from_logits: `y_pred` are logits instead of probabilities.
+        pos_weights: optional list of K per-AU positive weights (e.g. negatives/positives).
+        name, reduction, dtype: as `keras.losses.Loss`.
+
+    Example:
+    >>> loss = MaskedBinaryCrossentropy(pos_weights=[2.0, 1.0])
+    >>> loss([[1, -1], [0, 1]], [[0.8, 0.3], [0.4, 0.6]])
+    """
+
+    def __init__(
+        self,
+        from_logits=False,
+        pos_weights=None,
+        name="masked_binary_crossentropy",
+        reduction="sum_over_batch_size",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.from_logits = bool(from_logits)
+        self.pos_weights = None if pos_weights is None else [float(w) for w in pos_weights]
+
+    def call(self, y_true, y_pred, sample_weight=None):
+        num_aus = y_pred.shape[-1]
+        t = ops.reshape(y_true, (-1, num_aus))
+        p = ops.reshape(y_pred, (-1, num_aus))
+        valid = ops.cast(t >= 0, p.dtype)
+        weights = _row_weights(sample_weight, ops.shape(y_pred)[:-1], ops.shape(p)[0], p.dtype)
+        if weights is not None:
+            valid = valid * ops.expand_dims(weights, -1)
+        positive = ops.cast(t > 0.5, p.dtype)
+        if self.from_logits:
+            log_p, log_not_p = -ops.softplus(-p), -ops.softplus(p)
+        else:
+            clipped = ops.clip(p, _EPSILON, 1.0 - _EPSILON)
+            log_p, log_not_p = ops.log(clipped), ops.log(1.0 - clipped)
+        if self.pos_weights is not None:
+            if len(self.pos_weights) != num_aus:
+                raise ValueError(f"{self.name}: {len(self.pos_weights)} positive weights for {num_aus} AUs.")
+            log_p = log_p * ops.convert_to_tensor(self.pos_weights, dtype=p.dtype)
+        per_entry = -(positive * log_p + (1.0 - positive) * log_not_p)
+        return _safe_ratio(ops.sum(valid * per_entry), ops.sum(valid))
+
+    def get_config(self):
+        return {
+            "from_logits": self.from_logits,
+            "pos_weights": self.pos_weights,
+            "name": self.name,
+            "reduction": self.reduction,
+            "dtype": self.dtype,
+        }
+
+
+@keras.saving.register_keras_serializable(package="affectkit")
+class MaskedFocalLoss(_MaskedLoss):
+    """Multi-class focal loss (Lin et al. 2017) on integer labels with label smoothing.
+
+    Used by Phan et al. 2022 (alpha 0.9, gamma 2, label smoothing 0.1). Per row:
+    FL = -sum_c alpha_c * (1 - p_c)^gamma * t_c * log p_c, with t the smoothed one-hot
+    t = onehot * (1 - label_smoothing) + label_smoothing / C (the same formula as
+    `keras.losses.CategoricalFocalCrossentropy`). The loss is the mean over labelled rows.
+
+    Args:
+        alpha: weighting factor, a float or a list of C per-class factors.
+        gamma: focusing parameter.
+        label_smoothing: in [0, 1].
+        from_logits: `y_pred` are logits instead of probabilities.
+        name, reduction, dtype: as `keras.losses.Loss`.
+
+    Example:
+    >>> loss = MaskedFocalLoss(alpha=0.9, gamma=2.0, label_smoothing=0.1)
+    >>> loss([1, -1], [[0.2, 0.7, 0.1], [0.3, 0.3, 0.4]])
+    """
+
+    def __init__(
+        self,
+        alpha=0.25,
+        gamma=2.0,
+        label_smoothing=0.0,
+        from_logits=False,
+        name="masked_focal_loss",
+        reduction="sum_over_batch_size",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.alpha = [float(a) for a in alpha] if isinstance(alpha, (list, tuple)) else float(alpha)
+        self.gamma = float(gamma)
+        self.label_smoothing = float(label_smoothing)
+        self.from_logits = bool(from_logits)
+
+    def call(self, y_true, y_pred, sample_weight=None):
+        labels, predictions, valid = _class_rows(y_true, y_pred, sample_weight)
+        num_classes = predictions.shape[-1]
+        targets = _smoothed_one_hot(labels, num_classes, self.label_smoothing, predictions.dtype)
+        log_p = _log_probabilities(predictions, self.from_logits)
+        p = ops.exp(log_p)
+        alpha = ops.convert_to_tensor(self.alpha, dtype=predictions.dtype)
+        per_row = -ops.sum(alpha * ops.power(1.0 - p, self.gamma) * targets * log_p, axis=-1)
+        return _safe_ratio(ops.sum(valid * per_row), ops.sum(valid))
+
+    def get_config(self):
+        return {
+            "alpha": self.alpha,
+            "gamma": self.gamma,
+            "label_smoothing": self.label_smoothing,
+            "from_logits": self.from_logits,
+            "name": self.name,
+            "reduction": self.reduction,
+            "dtype": self.dtype,
+        }
+
+
+@keras.saving.register_keras_serializable(package="affectkit")
+class VAVectorMSE(_MaskedLoss):
+    """MSE on the valence-arousal 5-vector of Do et al. 2020.
+
+    `y_true` is (..., 2) valence, arousal (-5 missing); `y_pred` is (..., 5) predicting
+    [a, v, m, |a - m|, |v - m|] with m = (a + v) / 2 (arousal first). The target vector
+    is built from `y_true`; the loss is the mean squared error over the 5 components and
+    over the rows where both valence and arousal are labelled.
+
+    Args:
+        name, reduction, dtype: as `keras.losses.Loss`.
+
+    Example:
+    >>> loss = VAVectorMSE()
+    >>> loss([[0.2, 0.4], [-5.0, 0.1]], [[0.4, 0.2, 0.3, 0.1, 0.1], [0.0] * 5])
+    """
+
+    def __init__(self, name="va_vector_mse", reduction="sum_over_batch_size", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
+    @staticmethod
+    def target_vector(y_true):
+        """[a, v, m, |a - m|, |v - m|] (..., 5) from (..., 2) valence, arousal labels."""
+        valence, arousal = y_true[..., 0], y_true[..., 1]
+        mean = 0.5 * (arousal + valence)
+        return ops.stack(
+            [arousal, valence, mean, ops.abs(arousal - mean), ops.abs(valence - mean)], axis=-1
+        )
+
+    def call(self, y_true, y_pred, sample_weight=None):
+        t = ops.reshape(y_true, (-1, 2))
+        p = ops.reshape(y_pred, (-1, 5))
+        labelled = ops.abs(t - VA_MISSING) > 1e-3
+        valid = ops.cast(ops.logical_and(labelled[:, 0], labelled[:, 1]), p.dtype)
+        weights = _row_weights(sample_weight, ops.shape(y_pred)[:-1], ops.shape(p)[0], p.dtype)
+        if weights is not None:
+            valid = valid * weights
+        t = t * ops.expand_dims(ops.cast(valid > 0, t.dtype), -1)
+        per_row = ops.mean(ops.square(self.target_vector(t) - p), axis=-1)
+        return _safe_ratio(ops.sum(valid * per_row), ops.sum(valid))
+
+    def get_config(self):
+        return {"name": self.name, "reduction": self.reduction, "dtype": self.dtype}
+
+
+@keras.saving.register_keras_serializable(package="affectkit")
+class RDropLoss(_MaskedLoss):
+    """R-Drop loss (Liang et al. 2021) as used by Liu et al. 2023 (eq. 4), with masking.
+
+    `y_pred` holds two forward passes with different dropout on its second-last axis:
+    (..., 2, C). `y_true` is integer labels (...,) or (..., 1), -1 missing. With p1, p2
+    the two predicted distributions, over the labelled rows:
+    loss = (CE(p1) + CE(p2)) / 2 + alpha * mean_rows 0.5 * (KL(p1 || p2) + KL(p2 || p1)),
+    with KL(p || q) = sum_c p_c (log p_c - log q_c) and each CE the mean over labelled
+    rows. (The original R-Drop code sums the KL over the batch; here it is averaged.)
+
+    Args:
+        alpha: weight of the symmetric KL term (5 in Liu et al. 2023).
+        from_logits: `y_pred` are logits instead of probabilities.
+        name, reduction, dtype: as `keras.losses.Loss`.
+
+    Example:
+    >>> loss = RDropLoss(alpha=5.0, from_logits=True)
+    >>> loss(labels, ops.stack([model(x, training=True), model(x, training=True)], axis=-2))
+    """
+
+    def __init__(
+        self,
+        alpha=5.0,
+        from_logits=False,
+        name="r_drop_loss",
+        reduction="sum_over_batch_size",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.alpha = float(alpha)
+        self.from_logits = bool(from_logits)
+
+    def call(self, y_true, y_pred, sample_weight=None):
+        if y_pred.shape[-2] != 2:
+            raise ValueError(f"{self.name}: y_pred must be (..., 2, C); got shape {y_pred.shape}.")
+        labels, predictions, valid = _class_rows(y_true, y_pred, sample_weight, class_axis_rank=2)
+        num_classes = predictions.shape[-1]
+        targets = ops.one_hot(labels, num_classes, dtype=predictions.dtype)
+        log_p = _log_probabilities(predictions, self.from_logits)  # (rows, 2, C)
+        log_p1, log_p2 = log_p[:, 0, :], log_p[:, 1, :]
+        p1, p2 = ops.exp(log_p1), ops.exp(log_p2)
+        cross_entropy = -0.5 * ops.sum(targets * (log_p1 + log_p2), axis=-1)
+        symmetric_kl = 0.5 * ops.sum(p1 * (log_p1 - log_p2) + p2 * (log_p2 - log_p1), axis=-1)
+        per_row = cross_entropy + self.alpha * symmetric_kl
+        return _safe_ratio(ops.sum(valid * per_row), ops.sum(valid))
+
+    def get_config(self):
+        return {
+            "alpha": self.alpha,
+            "from_logits": self.from_logits,
+            "name": self.name,
+            "reduction": self.reduction,
+            "dtype": self.dtype,
+        }
+
+
+@keras.saving.register_keras_serializable(package="affectkit")
+class UncertaintyWeighting(keras.layers.Layer):
+    """Learned homoscedastic-uncertainty weights of task losses (Kendall et al. 2018).
+
+    As written in Zhang & Gu 2020 (MTANet), eq. 5, with s_i = log(sigma_i^2):
+    L = sum_i c_i * exp(-s_i) * L_i + 0.5 * s_i, where c_i = 0.5 for regression tasks
+    (1 / (2 sigma^2)) and 1 for classification tasks (1 / sigma^2); 0.5 s_i = log sigma_i.
+    Each s_i is a trainable scalar `log_var_<task>` initialised to 0.
+
+    Args:
+        tasks: task names, the keys of the losses dict passed to `call`.
+        regression_tasks: the tasks weighted 0.5 exp(-s) (e.g. `["va"]`); names not in
+            `tasks` are ignored.
+
+    Example:
+    >>> weighting = UncertaintyWeighting(tasks=["va", "expr", "au"], regression_tasks=["va"])
+    >>> total = weighting({"va": va_loss, "expr": expr_loss, "au": au_loss})
+    """
+
+    def __init__(self, tasks, regression_tasks=("va",), **kwargs):
+        super().__init__(**kwargs)
+        self.tasks = [str(t) for t in tasks]
+        self.regression_tasks = [str(t) for t in regression_tasks]
+        if not self.tasks:
+            raise ValueError("UncertaintyWeighting: `tasks` is empty.")
+        self.log_vars = {}
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        for task in self.tasks:
+            self.log_vars[task] = self.add_weight(
+                name=f"log_var_{task}", shape=(), initializer="zeros", trainable=True
+            )
+        self.built = True
+
+    def coefficient(self, task):
+        """c_i: 0.5 for a regression task, 1 for a classification task."""
+        return 0.5 if task in self.regression_tasks else 1.0
+
+    def call(self, losses):
+        missing = [t for t in self.tasks if t not in losses]
+        if missing:
+            raise KeyError(f"UncertaintyWeighting: no loss for task(s) {missing}; got {sorted(losses)}.")
+        terms = []
+        for task in self.tasks:
+            s = self.log_vars[task]
+            loss = ops.cast(losses[task], s.dtype)
+            terms.append(self.coefficient(task) * ops.exp(-s) * loss + 0.5 * s)
+        return ops.sum(ops.stack(terms))
+
+    def compute_output_shape(self, input_shape):
+        return ()
+
+    def effective_weights(self):
+        """The current weight c_i exp(-s_i) of each task's loss (floats, for logs)."""
+        return {
+            task: float(self.coefficient(task) * ops.convert_to_numpy(ops.exp(-self.log_vars[task])))
+            for task in self.tasks
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"tasks": list(self.tasks), "regression_tasks": list(self.regression_tasks)})
+        return config

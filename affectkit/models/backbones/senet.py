@@ -1,0 +1,458 @@
+"""Bottleneck residual networks: ResNet, ResNeXt, SE-ResNet/SE-ResNeXt and CBAM variants.
+
+One functional builder, `bottleneck_resnet`, covers the family that MTANet (Zhang & Gu,
+ABAW 2020) compares: SENet-50 (its backbone), ResNeXt-50 (32x4d) and ResNeXt-50 + CBAM.
+
+- He et al., "Deep Residual Learning for Image Recognition", CVPR 2016 (bottleneck block).
+- Xie et al., "Aggregated Residual Transformations for Deep Neural Networks", CVPR 2017
+  (ResNeXt: grouped 3x3 convolution, "cardinality").
+- Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018 (SE block on the residual branch).
+- Woo et al., "CBAM: Convolutional Block Attention Module", ECCV 2018 (channel, then spatial
+  attention on the residual branch).
+
+Layout and numerics follow the PyTorch code the papers used (torchvision ResNet, the SENet
+and CBAM reference code): bias-free convolutions each followed by BatchNorm (epsilon 1e-5,
+PyTorch momentum 0.1, i.e. Keras momentum 0.9), explicit zero padding so that strided
+convolutions see the same pixels as in PyTorch, and a 1x1 projection shortcut at the first
+block of every stage. Layer names are stable (`stem_conv`, `stage3_block2_conv2`,
+`stage5_block1_se_reduce`, ...) so weight files load by name.
+
+Presets (`PRESETS`) are plain dicts of `bottleneck_resnet` arguments; `build_preset` builds
+one and `count_params` counts a configuration's weights without building it.
+"""
+
+import inspect
+import os
+import warnings
+
+import keras
+
+from affectkit.models.layers.attention import ChannelPooling
+
+BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9  # PyTorch's BatchNorm momentum 0.1
+ATTENTIONS = (None, "se", "cbam")
+POOLINGS = (None, "avg", "max")
+
+_STAGE50 = {
+    "depths": (3, 4, 6, 3),
+    "stem_width": 64,
+    "widths": (256, 512, 1024, 2048),
+}
+
+PRESETS = {
+    # He et al. 2016, Table 1 "50-layer": 25.6 M parameters.
+    "resnet50": {**_STAGE50, "bottleneck_widths": (64, 128, 256, 512), "groups": 1,
+                 "attention": None},
+    # Hu et al. 2018, Table 1/2 SE-ResNet-50 (reduction 16): 28.1 M parameters.
+    "senet50": {**_STAGE50, "bottleneck_widths": (64, 128, 256, 512), "groups": 1,
+                "attention": "se", "se_ratio": 16},
+    # Xie et al. 2017, Table 1 ResNeXt-50 (32x4d): 25.0 M parameters.
+    "resnext50": {**_STAGE50, "bottleneck_widths": (128, 256, 512, 1024), "groups": 32,
+                  "attention": None},
+    # Woo et al. 2018, Table 4 ResNeXt50 (32x4d) + CBAM: 27.56 M parameters.
+    "resnext50_cbam": {**_STAGE50, "bottleneck_widths": (128, 256, 512, 1024), "groups": 32,
+                       "attention": "cbam", "se_ratio": 16, "spatial_kernel_size": 7},
+}
+
+
+def _batch_norm(name):
+    return keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
+
+
+def _conv(filters, kernel_size, name, strides=1, groups=1):
+    """A bias-free convolution; strided ones get explicit PyTorch-style zero padding."""
+    padding = "same" if strides == 1 else "valid"
+    return keras.layers.Conv2D(
+        filters, kernel_size, strides=strides, padding=padding, groups=groups,
+        use_bias=False, kernel_initializer="he_normal", name=name,
+    )
+
+
+def _attention_hidden(channels, ratio):
+    return max(1, channels // ratio)
+
+
+def squeeze_excitation(x, ratio, name):
+    """Squeeze-and-excitation (Hu et al. 2018, Fig. 2-3) on a channels-last feature map.
+
+    Global average pooling ("squeeze"), Dense(C // ratio) + ReLU, Dense(C) + sigmoid
+    ("excitation"), then channel-wise rescaling of `x`.
+
+    Args:
+        x: symbolic tensor `(batch, height, width, C)`.
+        ratio: reduction ratio r of the bottleneck MLP (16 in SE-ResNet-50).
+        name: prefix for the layer names (`{name}_squeeze`, `_reduce`, `_expand`, `_scale`).
+
+    Example:
+
+    ```python
+    inputs = keras.Input((14, 14, 256))
+    outputs = squeeze_excitation(inputs, ratio=16, name="se")
+    ```
+    """
+    channels = x.shape[-1]
+    s = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_squeeze")(x)
+    s = keras.layers.Dense(_attention_hidden(channels, ratio), activation="relu",
+                           name=f"{name}_reduce")(s)
+    s = keras.layers.Dense(channels, activation="sigmoid", name=f"{name}_expand")(s)
+    return keras.layers.Multiply(name=f"{name}_scale")([x, s])
+
+
+def convolutional_block_attention(x, ratio, kernel_size, name):
+    """CBAM (Woo et al. 2018, Fig. 1-2): channel attention, then spatial attention.
+
+    Channel attention: a shared MLP (Dense(C // ratio) + ReLU, Dense(C)) on the globally
+    average- and max-pooled descriptors, summed, sigmoid, channel-wise rescaling.
+    Spatial attention: the per-pixel channel max and mean (`ChannelPooling`, stacked max
+    first as in the authors' code), a bias-free `kernel_size` convolution to one map,
+    BatchNorm (as in the authors' code), sigmoid, pixel-wise rescaling.
+
+    Args:
+        x: symbolic tensor `(batch, height, width, C)`.
+        ratio: reduction ratio of the channel MLP (16 in the paper).
+        kernel_size: spatial attention kernel size (7 in the paper).
+        name: prefix for the layer names (`{name}_channel_*`, `{name}_spatial_*`).
+
+    Example:
+
+    ```python
+    inputs = keras.Input((14, 14, 256))
+    outputs = convolutional_block_attention(inputs, ratio=16, kernel_size=7, name="cbam")
+    ```
+    """
+    channels = x.shape[-1]
+    reduce = keras.layers.Dense(_attention_hidden(channels, ratio), activation="relu",
+                                name=f"{name}_channel_reduce")
+    expand = keras.layers.Dense(channels, name=f"{name}_channel_expand")
+    avg = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_channel_avg_pool")(x)
+    mx = keras.layers.GlobalMaxPooling2D(keepdims=True, name=f"{name}_channel_max_pool")(x)
+    gate = keras.layers.Add(name=f"{name}_channel_add")([expand(reduce(avg)), expand(reduce(mx))])
+    gate = keras.layers.Activation("sigmoid", name=f"{name}_channel_sigmoid")(gate)
+    x = keras.layers.Multiply(name=f"{name}_channel_scale")([x, gate])
+
+    s = ChannelPooling(statistics=("max", "mean"), name=f"{name}_spatial_pool")(x)
+    s = _conv(1, kernel_size, name=f"{name}_spatial_conv")(s)
+    s = _batch_norm(f"{name}_spatial_bn")(s)
+    s = keras.layers.Activation("sigmoid", name=f"{name}_spatial_sigmoid")(s)
+    return keras.layers.Multiply(name=f"{name}_spatial_scale")([x, s])
+
+
+def _bottleneck_block(x, width, bottleneck_width, strides, groups, attention, se_ratio,
+                      spatial_kernel_size, stride_in_1x1, name):
+    """1x1 -> 3x3 (grouped) -> 1x1 bottleneck with optional attention before the addition."""
+    stride1, stride2 = (strides, 1) if stride_in_1x1 else (1, strides)
+
+    shortcut = x
+    if strides != 1 or x.shape[-1] != width:
+        shortcut = _conv(width, 1, strides=strides, name=f"{name}_shortcut_conv")(x)
+        shortcut = _batch_norm(f"{name}_shortcut_bn")(shortcut)
+
+    y = _conv(bottleneck_width, 1, strides=stride1, name=f"{name}_conv1")(x)
+    y = _batch_norm(f"{name}_bn1")(y)
+    y = keras.layers.ReLU(name=f"{name}_relu1")(y)
+    if stride2 != 1:
+        y = keras.layers.ZeroPadding2D(1, name=f"{name}_pad2")(y)
+    y = _conv(bottleneck_width, 3, strides=stride2, groups=groups, name=f"{name}_conv2")(y)
+    y = _batch_norm(f"{name}_bn2")(y)
+    y = keras.layers.ReLU(name=f"{name}_relu2")(y)
+    y = _conv(width, 1, name=f"{name}_conv3")(y)
+    y = _batch_norm(f"{name}_bn3")(y)
+
+    if attention == "se":
+        y = squeeze_excitation(y, se_ratio, name=f"{name}_se")
+    elif attention == "cbam":
+        y = convolutional_block_attention(y, se_ratio, spatial_kernel_size, name=f"{name}_cbam")
+
+    y = keras.layers.Add(name=f"{name}_add")([shortcut, y])
+    return keras.layers.ReLU(name=f"{name}_out")(y)
+
+
+def _resolve(depths, widths, bottleneck_widths, groups, attention, pooling):
+    """Validates the stage hyperparameters; returns `(depths, widths, bottleneck_widths)`."""
+    depths, widths = tuple(int(d) for d in depths), tuple(int(w) for w in widths)
+    if bottleneck_widths is None:
+        bottleneck_widths = tuple(w // 4 for w in widths)
+    bottleneck_widths = tuple(int(w) for w in bottleneck_widths)
+    if not (len(depths) == len(widths) == len(bottleneck_widths)) or not depths:
+        raise ValueError(
+            "bottleneck_resnet: `depths`, `widths` and `bottleneck_widths` need one entry per "
+            f"stage; got depths={depths}, widths={widths}, bottleneck_widths={bottleneck_widths}."
+        )
+    if any(d < 1 for d in depths):
+        raise ValueError(f"bottleneck_resnet: every depth must be >= 1; got {depths}.")
+    bad = [w for w in bottleneck_widths if w % groups]
+    if bad:
+        raise ValueError(
+            f"bottleneck_resnet: bottleneck widths {bad} are not divisible by groups={groups}."
+        )
+    if attention not in ATTENTIONS:
+        raise ValueError(f"bottleneck_resnet: `attention` must be one of {ATTENTIONS}; "
+                         f"got {attention!r}.")
+    if pooling not in POOLINGS:
+        raise ValueError(f"bottleneck_resnet: `pooling` must be one of {POOLINGS}; "
+                         f"got {pooling!r}.")
+    return depths, widths, bottleneck_widths
+
+
+def bottleneck_resnet(
+    input_shape=(112, 112, 3),
+    depths=(3, 4, 6, 3),
+    stem_width=64,
+    widths=(256, 512, 1024, 2048),
+    bottleneck_widths=None,
+    groups=1,
+    attention="se",
+    se_ratio=16,
+    spatial_kernel_size=7,
+    stride_in_1x1=False,
+    include_top=False,
+    num_classes=1000,
+    pooling=None,
+    classifier_activation="softmax",
+    weights=None,
+    name="senet50",
+):
+    """Builds a bottleneck ResNet / ResNeXt / SE / CBAM network as a functional `keras.Model`.
+
+    Stem: 7x7/2 convolution, BatchNorm, ReLU, 3x3/2 max pooling (He et al. 2016). Then one
+    stage per entry of `depths` (named `stage2`, `stage3`, ... after the paper's conv2_x,
+    conv3_x, ...), the first at stride 1 and the others at stride 2. Each block is a
+    bottleneck 1x1 -> 3x3 -> 1x1 (He et al. 2016) whose 3x3 convolution may be grouped
+    (ResNeXt, Xie et al. 2017), with squeeze-and-excitation (Hu et al. 2018) or CBAM (Woo
+    et al. 2018) on the residual branch before the addition. At 112x112 input the default
+    (SENet-50) returns a 4x4x2048 map, the MTANet backbone output.
+
+    Args:
+        input_shape: `(height, width, channels)`; spatial sizes may be `None`.
+        depths: number of blocks in each stage.
+        stem_width: filters of the 7x7 stem convolution.
+        widths: output channels of each stage (4x the bottleneck width in ResNet-50).
+        bottleneck_widths: channels of the 1x1 and 3x3 convolutions inside each stage's
+            blocks; `None` gives `width // 4` (ResNet). ResNeXt-50 32x4d uses
+            `(128, 256, 512, 1024)` (32 groups of 4 channels at the first stage).
+        groups: groups ("cardinality") of the 3x3 convolutions; 32 for ResNeXt-50 32x4d.
+        attention: `None`, `"se"` or `"cbam"`.
+        se_ratio: reduction ratio of the attention MLP, for SE and for CBAM's channel
+            attention (16 in both papers).
+        spatial_kernel_size: kernel size of CBAM's spatial attention convolution (7).
+        stride_in_1x1: put the stride on the first 1x1 convolution (Caffe / original SENet
+            and VGGFace2 SENet-50 layout) instead of the 3x3 (torchvision layout, default).
+        include_top: add global average pooling and a `num_classes` Dense classifier.
+        num_classes: classifier size when `include_top` (1000 for ImageNet, 8631 for the
+            VGGFace2 SENet-50).
+        pooling: when not `include_top`: `None` returns the final feature map
+            `(batch, h, w, widths[-1])`, `"avg"` / `"max"` a pooled vector.
+        classifier_activation: activation of the classifier (`"softmax"` or `None`).
+        weights: `None` (random initialisation) or the path of a local weights file: a
+            Keras `.weights.h5` (or `.keras`) file saved from the same configuration, or a
+            legacy Keras `.h5` file, loaded by layer name. Nothing is ever downloaded.
+        name: model name.
+
+    Returns:
+        A functional `keras.Model`.
+
+    Example:
+
+    ```python
+    backbone = bottleneck_resnet(input_shape=(112, 112, 3))         # SENet-50
+    backbone.output_shape                                            # (None, 4, 4, 2048)
+    tiny = bottleneck_resnet((32, 32, 3), depths=(1, 1, 1, 1), stem_width=8,
+                             widths=(16, 32, 64, 128), attention="cbam", groups=2)
+    ```
+    """
+    depths, widths, bottleneck_widths = _resolve(
+        depths, widths, bottleneck_widths, groups, attention, pooling
+    )
+
+    # Functional graph.
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = keras.layers.ZeroPadding2D(3, name="stem_pad")(inputs)
+    x = _conv(stem_width, 7, strides=2, name="stem_conv")(x)
+    x = _batch_norm("stem_bn")(x)
+    x = keras.layers.ReLU(name="stem_relu")(x)
+    x = keras.layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
+    for stage, (depth, width, bottleneck_width) in enumerate(
+        zip(depths, widths, bottleneck_widths), start=2
+    ):
+        for block in range(1, depth + 1):
+            strides = 2 if (block == 1 and stage > 2) else 1
+            x = _bottleneck_block(
+                x, width, bottleneck_width, strides, groups, attention, se_ratio,
+                spatial_kernel_size, stride_in_1x1, name=f"stage{stage}_block{block}",
+            )
+    if include_top:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.Dense(num_classes, activation=classifier_activation,
+                               name="predictions")(x)
+    elif pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    elif pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    model = keras.Model(inputs, x, name=name)
+
+    if weights is not None:
+        load_weights_file(model, weights)
+    return model
+
+
+def load_weights_file(model, path):
+    """Loads a local weights file into `model`; raises a clear error when it cannot.
+
+    `.weights.h5` / `.keras` files load by the model's structure (Keras 3 format); legacy
+    Keras `.h5` / `.hdf5` files load by layer name (`by_name=True`), with a warning that
+    lists the model's weighted layers the file lacks.
+
+    Args:
+        model: the `keras.Model` to fill.
+        path: path of the weights file.
+
+    Example:
+
+    ```python
+    load_weights_file(bottleneck_resnet(), "senet50_vggface2.weights.h5")
+    ```
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{model.name}: weights file {path!r} does not exist. `weights` must be None or "
+            "the path of a local '.weights.h5' (Keras 3) or legacy '.h5' file; affectkit "
+            "never downloads weights."
+        )
+    lowered = path.lower()
+    if lowered.endswith((".weights.h5", ".weights.json", ".keras")):
+        model.load_weights(path)
+    elif lowered.endswith((".h5", ".hdf5")):
+        _load_legacy_h5_by_name(model, path)
+    else:
+        raise ValueError(
+            f"{model.name}: cannot read weights file {path!r}: expected a Keras '.weights.h5' "
+            "or '.keras' file, or a legacy Keras '.h5' / '.hdf5' file."
+        )
+
+
+def _load_legacy_h5_by_name(model, path):
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        group = f
+        if "layer_names" not in f.attrs and "model_weights" in f:
+            group = f["model_weights"]
+        if "layer_names" not in group.attrs:
+            raise ValueError(
+                f"{model.name}: {path!r} is not a legacy Keras weights file (no 'layer_names' "
+                "attribute); save Keras 3 weights as '.weights.h5'."
+            )
+        file_names = {n.decode("utf8") if isinstance(n, bytes) else str(n)
+                      for n in group.attrs["layer_names"]}
+    weighted = [layer.name for layer in model.layers if layer.weights]
+    missing = [n for n in weighted if n not in file_names]
+    if len(missing) == len(weighted):
+        raise ValueError(
+            f"{model.name}: no layer of the model is named in {path!r}; layer names must "
+            f"match (the model has e.g. {weighted[:3]}, the file {sorted(file_names)[:3]})."
+        )
+    if missing:
+        warnings.warn(
+            f"{model.name}: {path!r} has no weights for {len(missing)} layers, which keep "
+            f"their initial values: {missing[:10]}{' ...' if len(missing) > 10 else ''}",
+            stacklevel=3,
+        )
+    model.load_weights(path, by_name=True)
+
+
+def build_preset(name, **overrides):
+    """Builds a preset of `PRESETS` with any `bottleneck_resnet` argument overridden.
+
+    Args:
+        name: `"resnet50"`, `"senet50"`, `"resnext50"` or `"resnext50_cbam"`.
+        **overrides: arguments of `bottleneck_resnet` (`input_shape`, `include_top`,
+            `weights`, `depths`, ...). The model is named after the preset unless `name`
+            is overridden via `model_name`.
+
+    Example:
+
+    ```python
+    backbone = build_preset("senet50", input_shape=(112, 112, 3))
+    classifier = build_preset("resnext50", input_shape=(224, 224, 3), include_top=True)
+    ```
+    """
+    return bottleneck_resnet(**_preset_config(name, overrides))
+
+
+def _preset_config(name, overrides):
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
+    overrides = dict(overrides)
+    config = {**PRESETS[name], "name": overrides.pop("model_name", name)}
+    config.update(overrides)
+    return config
+
+
+def count_params(preset, input_shape=(224, 224, 3), include_top=True, trainable_only=False,
+                 **overrides):
+    """Counts a configuration's weights from its hyperparameters, without building it.
+
+    The count equals `model.count_params()` of the built model (which includes BatchNorm's
+    moving mean and variance), or with `trainable_only=True` the sum of its trainable
+    weights, which is what PyTorch and the papers count.
+
+    Args:
+        preset: a name in `PRESETS` or a dict of `bottleneck_resnet` arguments.
+        input_shape: model input shape (only the channels affect the count).
+        include_top: count the `num_classes` classifier.
+        trainable_only: leave out BatchNorm moving statistics.
+        **overrides: further `bottleneck_resnet` arguments.
+
+    Example:
+
+    ```python
+    count_params("senet50", trainable_only=True)  # 28088024
+    ```
+    """
+    if isinstance(preset, str):
+        config = _preset_config(preset, overrides)
+    else:
+        config = {**preset, **overrides}
+    config = {**_defaults(), **config, "input_shape": input_shape, "include_top": include_top}
+    groups, attention = config["groups"], config["attention"]
+    ratio, kernel = config["se_ratio"], config["spatial_kernel_size"]
+    depths, widths, bottleneck_widths = _resolve(
+        config["depths"], config["widths"], config["bottleneck_widths"], groups, attention,
+        config["pooling"],
+    )
+    bn = 2 if trainable_only else 4
+
+    def conv(cin, cout, k, g=1):
+        return k * k * (cin // g) * cout
+
+    def dense(cin, cout):
+        return cin * cout + cout
+
+    channels = int(input_shape[-1])
+    total = conv(channels, config["stem_width"], 7) + bn * config["stem_width"]
+    channels = config["stem_width"]
+    for stage, (depth, width, bw) in enumerate(zip(depths, widths, bottleneck_widths)):
+        for block in range(depth):
+            strides = 2 if (block == 0 and stage > 0) else 1
+            if strides != 1 or channels != width:
+                total += conv(channels, width, 1) + bn * width
+            total += conv(channels, bw, 1) + conv(bw, bw, 3, groups) + conv(bw, width, 1)
+            total += bn * (2 * bw + width)
+            if attention in ("se", "cbam"):
+                hidden = _attention_hidden(width, ratio)
+                total += dense(width, hidden) + dense(hidden, width)
+            if attention == "cbam":
+                total += conv(2, 1, kernel) + bn
+            channels = width
+    if include_top:
+        total += dense(channels, config["num_classes"])
+    return total
+
+
+def _defaults():
+    return {
+        k: p.default for k, p in inspect.signature(bottleneck_resnet).parameters.items()
+    }

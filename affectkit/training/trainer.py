@@ -1,0 +1,263 @@
+"""`Trainer`: the run directory, strategy, callbacks and resumable stages shared by all recipes.
+
+A run directory holds:
+
+    model.keras      the network with the best ABAW validation score
+    metrics.json     every ABAW component on validation, and chance baselines
+    history.csv      one row per epoch of every stage (losses, validation scores)
+    *.png            learning curves, confusion matrix, per-AU F1, VA predicted vs true
+    tensorboard/     TensorBoard logs
+    state/           resume state (backups, finished stages, best score)
+
+Running the same command again after a kill resumes: finished stages are skipped and the
+stage in progress restarts from its last backup (`keras.callbacks.BackupAndRestore`).
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from affectkit import metrics
+from affectkit.labels import get_schema
+from affectkit.training.multitask_model import MultiTaskModel
+
+
+def default_strategy():
+    """`MirroredStrategy` over the visible GPUs when there are several, else the default."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def validation_scores(schema, tasks, y_true, y_pred):
+    """ABAW scores of each task plus `score`, their sum.
+
+    With all three tasks in ABAW3 and later this sum is the MTL challenge's P.
+    Components are prefixed with the task (`va_valence`, `expr_f1`, ...).
+    """
+    scores, total = {}, 0.0
+    for task in tasks:
+        task_scores = metrics.abaw_scores(task, schema, y_true[task], y_pred[task])
+        total += float(task_scores["score"])
+        for name, value in task_scores.items():
+            scores[f"{task}_{name}"] = value
+    scores["score"] = total
+    return scores
+
+
+def _scalars(scores):
+    return {k: float(v) for k, v in scores.items() if np.ndim(v) == 0}
+
+
+class ABAWValidation(keras.callbacks.Callback):
+    """Scores the network on the validation set with the official metrics after each epoch.
+
+    Adds `val_score` and `val_<component>` to the epoch logs (so `CSVLogger` and the
+    history see them) and saves the network to `best_path` when `val_score` improves.
+    The best score is kept in `state_path`, so a resumed run keeps comparing with it.
+    """
+
+    def __init__(self, network, dataset, y_true, schema, tasks, best_path, state_path):
+        super().__init__()
+        self.network = network
+        self.dataset = dataset
+        self.y_true = y_true
+        self.schema = schema
+        self.tasks = tasks
+        self.best_path = best_path
+        self.state_path = state_path
+        self.best = -np.inf
+        if os.path.exists(state_path):
+            with open(state_path) as f:
+                self.best = json.load(f)["best_score"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        y_pred = predict_arrays(self.network, self.dataset, self.tasks)
+        scores = _scalars(validation_scores(self.schema, self.tasks, self.y_true, y_pred))
+        if logs is not None:
+            logs.update({f"val_{name}": value for name, value in scores.items()})
+        if scores["score"] > self.best:
+            self.best = scores["score"]
+            self.network.save(self.best_path)
+            with open(self.state_path, "w") as f:
+                json.dump({"best_score": self.best, "epoch": epoch}, f)
+
+
+def predict_arrays(network, dataset, tasks):
+    """Runs `network` over a dataset of `(images, labels)` or images; returns NumPy per task."""
+    outputs = network.predict(dataset, verbose=0)
+    return {task: np.asarray(outputs[task]) for task in tasks}
+
+
+class Trainer:
+    """Runs training stages into a run directory, resumably.
+
+    Args:
+        run_dir: the run directory (created).
+        schema: `LabelSchema` or edition name.
+        tasks: tasks trained and scored, e.g. `("va", "expr", "au")`.
+        strategy: a `tf.distribute` strategy; default `default_strategy()`.
+        mixed_precision: train in `mixed_float16` (heads stay float32).
+        jit_compile: compile train steps with XLA (slower on CPU, often faster on GPU).
+        backup_every: steps between mid-epoch backups (`BackupAndRestore(save_freq=...)`);
+            `"epoch"` to back up only at epoch ends.
+
+    Example:
+    >>> trainer = Trainer("runs/mtanet", "abaw3", ("va", "expr", "au"))
+    >>> with trainer.strategy.scope():
+    ...     network = build_network()
+    >>> trainer.run_stage("stage1", network, losses, lambda: keras.optimizers.Adam(1e-3),
+    ...                   train_ds, val_ds, val_labels, epochs=5)
+    >>> trainer.finish(network, val_ds, val_labels)
+    """
+
+    def __init__(
+        self,
+        run_dir,
+        schema,
+        tasks,
+        strategy=None,
+        mixed_precision=False,
+        jit_compile=False,
+        backup_every=50,
+    ):
+        self.run_dir = run_dir
+        self.schema = get_schema(schema)
+        self.tasks = tuple(tasks)
+        self.jit_compile = jit_compile
+        self.backup_every = backup_every
+        self.state_dir = os.path.join(run_dir, "state")
+        os.makedirs(self.state_dir, exist_ok=True)
+        if mixed_precision:
+            keras.mixed_precision.set_dtype_policy("mixed_float16")
+        self.strategy = strategy or default_strategy()
+
+    @property
+    def best_path(self):
+        return os.path.join(self.state_dir, "best.keras")
+
+    def _stage_done_path(self, stage):
+        return os.path.join(self.state_dir, f"{stage}.weights.h5")
+
+    def run_stage(
+        self,
+        stage,
+        network,
+        losses,
+        optimizer,
+        train_ds,
+        val_ds,
+        val_labels,
+        epochs,
+        loss_weights=None,
+        uncertainty=False,
+        steps_per_epoch=None,
+        extra_callbacks=(),
+    ):
+        """Trains one stage; skips it (loading its weights) if a previous run finished it.
+
+        Args:
+            stage: stage name, unique within the run (`"stage1"`).
+            network: the functional network (built under `self.strategy.scope()`).
+            losses: dict task -> masked loss.
+            optimizer: a callable returning a fresh Keras optimizer.
+            train_ds, val_ds: datasets of `(images, {task: labels})`.
+            val_labels: dict task -> NumPy labels of `val_ds` in order.
+            epochs: epochs of this stage.
+            loss_weights, uncertainty: see `MultiTaskModel`.
+        Returns:
+            The stage's `keras.callbacks.History`, or None if it was already done.
+        """
+        done_path = self._stage_done_path(stage)
+        if os.path.exists(done_path):
+            network.load_weights(done_path)
+            print(f"[{stage}] already finished in {self.run_dir}; weights loaded.")
+            return None
+        backup_dir = os.path.join(self.state_dir, f"{stage}_backup")
+        metadata = os.path.join(backup_dir, "training_metadata.json")
+        if os.path.exists(metadata):
+            with open(metadata) as f:
+                epoch = json.load(f)["epoch"]
+            print(f"[{stage}] resuming from its backup at epoch {epoch + 1} ({self.run_dir}).")
+        with self.strategy.scope():
+            model = MultiTaskModel(
+                network, losses, loss_weights=loss_weights, uncertainty=uncertainty,
+                name=f"{stage}_training",
+            )
+            model.compile(optimizer=optimizer(), jit_compile=self.jit_compile)
+            model.build()
+        callbacks = [
+            ABAWValidation(
+                network, val_ds, val_labels, self.schema, self.tasks, self.best_path,
+                os.path.join(self.state_dir, "best.json"),
+            ),
+            _StageColumn(stage),
+            keras.callbacks.TerminateOnNaN(),
+            keras.callbacks.CSVLogger(os.path.join(self.run_dir, "history.csv"), append=True),
+            # After the CSV logger, so a backup never claims an epoch the history lacks.
+            _Backup(backup_dir, save_freq=self.backup_every, delete_checkpoint=False),
+            keras.callbacks.TensorBoard(os.path.join(self.run_dir, "tensorboard", stage)),
+            *extra_callbacks,
+        ]
+        history = model.fit(
+            train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
+            verbose=2 if os.environ.get("CI") else "auto",
+        )
+        if model.stop_training and any(
+            np.isnan(v) for v in history.history.get("loss", [])
+        ):
+            raise FloatingPointError(f"[{stage}] loss became NaN; stopped ({self.run_dir}).")
+        network.save_weights(done_path)
+        weights = {t: float(w) for t, w in model.task_weights().items()}
+        with open(os.path.join(self.state_dir, f"{stage}.json"), "w") as f:
+            json.dump({"task_weights": weights}, f, indent=2)
+        return history
+
+    def finish(self, network, val_ds, val_labels, baselines=None, extra=None):
+        """Loads the best network, writes `model.keras`, `metrics.json` and the plots.
+
+        Returns the validation scores of the best network.
+        """
+        from affectkit import plots
+
+        best = keras.saving.load_model(self.best_path) if os.path.exists(self.best_path) else network
+        y_pred = predict_arrays(best, val_ds, self.tasks)
+        scores = validation_scores(self.schema, self.tasks, val_labels, y_pred)
+        model_path = os.path.join(self.run_dir, "model.keras")
+        best.save(model_path)
+        report = {"edition": self.schema.edition, "tasks": list(self.tasks),
+                  "validation": scores}
+        if baselines is not None:
+            report["chance_baselines"] = baselines
+        report.update(extra or {})
+        from affectkit.evaluation import write_scores
+
+        write_scores(os.path.join(self.run_dir, "metrics.json"), report)
+        plots.write_run_plots(self.run_dir, self.schema, self.tasks, val_labels, y_pred, scores)
+        return scores
+
+
+class _Backup(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` that backs up every `save_freq` steps and at every epoch end,
+    so a resumed run repeats neither a finished epoch nor more than `save_freq` steps."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if self.save_freq != "epoch":
+            self._save_model()
+
+
+class _StageColumn(keras.callbacks.Callback):
+    """Adds the stage name to each epoch's logs, so `history.csv` says which stage a row is."""
+
+    def __init__(self, stage):
+        super().__init__()
+        self.stage = stage
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["stage"] = self.stage

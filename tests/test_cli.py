@@ -1,0 +1,71 @@
+"""The README's command chain: demo-data -> index -> evaluate (ground truth against itself)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from affectkit.data.affwild2 import annotation_dir, mtl_file_name
+from affectkit.labels import get_schema
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def affectkit(*args):
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", "affectkit.cli", *args], env=env,
+                          capture_output=True, text=True)
+
+
+def test_index_prints_every_task(demo_root):
+    result = affectkit("index", "--root", demo_root, "--edition", "abaw3", "--split", "train")
+    assert result.returncode == 0, result.stderr
+    for task in ("va", "expr", "au"):
+        assert task in result.stdout
+    assert "frames_without_image" in result.stdout
+
+
+@pytest.mark.parametrize("task", ["va", "expr", "au"])
+def test_evaluate_ground_truth_against_itself(demo_root, task, tmp_path):
+    gt = os.path.join(demo_root, annotation_dir("abaw3", task, "val"))
+    out = tmp_path / "scores.json"
+    result = affectkit("evaluate", "--edition", "abaw3", "--task", task, "--gt", gt,
+                       "--pred", gt, "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    scores = json.loads(out.read_text())
+    assert scores["score"] == pytest.approx(1.0)
+    if task == "va":
+        assert scores["valence"] == pytest.approx(1.0) and scores["arousal"] == pytest.approx(1.0)
+    else:
+        assert scores["f1"] == pytest.approx(1.0)
+
+
+def test_evaluate_mtl_submission_of_ground_truth(demo_root, tmp_path):
+    from affectkit.data.affwild2 import read_mtl_file, write_mtl_file
+
+    gt = os.path.join(demo_root, mtl_file_name("abaw3", "val"))
+    frames = read_mtl_file(gt, "abaw3")
+    # A submission may not contain missing markers: fill them with valid values.
+    va = frames[["valence", "arousal"]].to_numpy().clip(-1, 1)
+    expr = frames["expr"].to_numpy().clip(0, None)
+    au = frames[list(get_schema("abaw3").aus)].to_numpy().clip(0, None)
+    images = [f"{v}/{f:05d}.jpg" for v, f in zip(frames["video"], frames["frame"])]
+    pred = tmp_path / "submission.txt"
+    write_mtl_file(str(pred), images, va, expr, au, "abaw3", submission=True)
+    out = tmp_path / "scores.json"
+    result = affectkit("evaluate", "--edition", "abaw3", "--task", "mtl", "--gt", gt,
+                       "--pred", str(pred), "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    # Every labelled entry is predicted exactly: P = CCC 1 + F1 1 + F1 1.
+    assert json.loads(out.read_text())["score"] == pytest.approx(3.0)
+
+
+def test_evaluate_reports_missing_prediction_file(demo_root, tmp_path):
+    gt = os.path.join(demo_root, annotation_dir("abaw3", "expr", "val"))
+    (tmp_path / "pred").mkdir()
+    result = affectkit("evaluate", "--edition", "abaw3", "--task", "expr", "--gt", gt,
+                       "--pred", str(tmp_path / "pred"))
+    assert result.returncode == 2
+    assert "no prediction file" in result.stderr
