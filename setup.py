@@ -8,6 +8,7 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.16,<2.22",
+        "tensorboard>=2.16,<2.22",
         "keras>=3.10,<4",
         "keras-tuner>=1.4.7,<1.5",
         "numpy>=1.26,<3",

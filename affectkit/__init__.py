@@ -8,6 +8,8 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+from affectkit import losses, metrics  # noqa: E402,F401
 from affectkit.labels import LabelSchema, get_schema  # noqa: E402,F401
+from affectkit.models import backbones, layers  # noqa: E402,F401
 
 __version__ = "0.1.0"

@@ -5,9 +5,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from affectkit.data.affwild2 import annotation_dir, mtl_file_name
+from affectkit.data.affwild2 import annotation_dir, mtl_file_name, read_annotation_folder
 from affectkit.labels import get_schema
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,11 +36,23 @@ def test_evaluate_ground_truth_against_itself(demo_root, task, tmp_path):
                        "--pred", gt, "--json", str(out))
     assert result.returncode == 0, result.stderr
     scores = json.loads(out.read_text())
-    assert scores["score"] == pytest.approx(1.0)
     if task == "va":
         assert scores["valence"] == pytest.approx(1.0) and scores["arousal"] == pytest.approx(1.0)
+        assert scores["score"] == pytest.approx(1.0)
+        return
+    # Every class (AU) that occurs scores F1 1. One that never occurs in this tiny
+    # validation set scores 0, as in sklearn's f1_score(zero_division=0) of the official
+    # scripts, and still counts in the mean over 8 classes (12 AUs).
+    labels = np.concatenate(list(read_annotation_folder(gt, task, get_schema("abaw3")).values()))
+    if task == "expr":
+        present = np.isin(np.arange(8), labels)
+        per_class = scores["f1_per_class"]
     else:
-        assert scores["f1"] == pytest.approx(1.0)
+        present = (labels == 1).any(axis=0)
+        per_class = scores["f1_per_au"]
+    assert scores["accuracy"] == pytest.approx(1.0)
+    assert per_class == pytest.approx(present.astype(float))
+    assert scores["score"] == pytest.approx(present.mean())
 
 
 def test_evaluate_mtl_submission_of_ground_truth(demo_root, tmp_path):
@@ -58,8 +71,12 @@ def test_evaluate_mtl_submission_of_ground_truth(demo_root, tmp_path):
     result = affectkit("evaluate", "--edition", "abaw3", "--task", "mtl", "--gt", gt,
                        "--pred", str(pred), "--json", str(out))
     assert result.returncode == 0, result.stderr
-    # Every labelled entry is predicted exactly: P = CCC 1 + F1 1 + F1 1.
-    assert json.loads(out.read_text())["score"] == pytest.approx(3.0)
+    # Every labelled entry is predicted exactly: P = CCC 1 + F1 of the classes present
+    # + F1 of the AUs present (1 each; absent ones 0, as in the per-task test above).
+    expr_present = np.isin(np.arange(8), frames["expr"].to_numpy()).mean()
+    au_present = (frames[list(get_schema("abaw3").aus)].to_numpy() == 1).any(axis=0).mean()
+    score = json.loads(out.read_text())["score"]
+    assert score == pytest.approx(1.0 + expr_present + au_present)
 
 
 def test_evaluate_reports_missing_prediction_file(demo_root, tmp_path):

@@ -66,9 +66,14 @@ class MultiTaskModel(keras.Model):
         self.built = True
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        # Keras losses (affectkit's too) come back divided by the number of replicas, as
+        # gradients are summed across replicas. Undo that per task, combine the per-replica
+        # means (the uncertainty terms are not linear in the losses), then divide once.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         per_task = {}
         for task in self.tasks:
             value = keras.ops.cast(self.task_losses[task](y[task], y_pred[task]), "float32")
+            value = value * replicas
             self.task_trackers[task].update_state(value)
             per_task[task] = value
         if self.weighting is not None:
@@ -79,9 +84,7 @@ class MultiTaskModel(keras.Model):
             )
         for extra in self.losses:  # regularisers of the network
             total = total + keras.ops.cast(keras.ops.sum(extra), "float32")
-        # Gradients are summed across replicas: each replica contributes 1/N of the mean.
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        return total / replicas if replicas > 1 else total
+        return total / replicas
 
     @property
     def metrics(self):

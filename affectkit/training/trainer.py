@@ -195,16 +195,16 @@ class Trainer:
                 network, val_ds, val_labels, self.schema, self.tasks, self.best_path,
                 os.path.join(self.state_dir, "best.json"),
             ),
-            _StageColumn(stage),
+            keras.callbacks.TensorBoard(os.path.join(self.run_dir, "tensorboard", stage)),
             keras.callbacks.TerminateOnNaN(),
-            keras.callbacks.CSVLogger(os.path.join(self.run_dir, "history.csv"), append=True),
+            _StageCSVLogger(stage, os.path.join(self.run_dir, "history.csv")),
             # After the CSV logger, so a backup never claims an epoch the history lacks.
             _Backup(backup_dir, save_freq=self.backup_every, delete_checkpoint=False),
-            keras.callbacks.TensorBoard(os.path.join(self.run_dir, "tensorboard", stage)),
             *extra_callbacks,
         ]
         history = model.fit(
             train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
+            shuffle=False,  # the dataset shuffles itself, seeded
             verbose=2 if os.environ.get("CI") else "auto",
         )
         if model.stop_training and any(
@@ -251,13 +251,12 @@ class _Backup(keras.callbacks.BackupAndRestore):
             self._save_model()
 
 
-class _StageColumn(keras.callbacks.Callback):
-    """Adds the stage name to each epoch's logs, so `history.csv` says which stage a row is."""
+class _StageCSVLogger(keras.callbacks.CSVLogger):
+    """Appends one row per epoch to `history.csv`, with a `stage` column naming the stage."""
 
-    def __init__(self, stage):
-        super().__init__()
+    def __init__(self, stage, path):
+        super().__init__(path, append=True)
         self.stage = stage
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["stage"] = self.stage
+        super().on_epoch_end(epoch, {"stage": self.stage, **(logs or {})})

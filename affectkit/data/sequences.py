@@ -1,0 +1,574 @@
+"""Windows of previous frames and video segments over cached per-frame features, as tf.data.
+
+The index logic is plain NumPy over the row numbers of a `FrameIndex` (rows sorted by video,
+then frame):
+
+    window_indices(videos, window)            (n, window): for each target row the `window`
+                                              rows at or before it in its video, oldest
+                                              first, target last; the video's first row
+                                              repeated at its start
+    segment_indices(videos, length, stride)   Segments(rows, valid, video, position,
+                                              starts_video): consecutive rows of one video,
+                                              the last segment padded with its edge row
+
+The dataset builders gather features from a resident float32 matrix (one row per index row,
+e.g. from `affectkit.data.features.FeatureCache`) with `tf.gather`, one batch per tf.data
+element, so no per-frame Python runs while training:
+
+    window_dataset   ({input: (B, W, D) windowed | (B, D) target frame}, {task: (B, ...)})
+    segment_dataset  ((B, L, D) or {input: (B, L, D)}, {task: (B, L, ...)})
+
+Labels keep the dataset's missing markers (valence/arousal -5, expression -1, AU -1) exactly
+as `affectkit.data.pipeline.label_arrays` returns them; the padded steps of a segment get the
+missing markers, so masked losses and metrics leave them out.
+
+Windows follow Do et al. (ABAW 2020): the target frame and the previous `s - 1` frames of the
+same video (s = 16 or 32), padded at the video start by repeating its first frame. Segments
+follow Liu et al. (ABAW5 2023): non-overlapping segments (stride = length) whose LSTM state
+is carried from one segment of a video to the next (`order="streams"` lays segments out for
+that with batches larger than one).
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from affectkit.data.features import feature_matrix
+from affectkit.data.pipeline import TASKS, _check_tasks, _row_mask, label_arrays
+
+SEGMENT_ORDERS = ("video", "shuffle", "streams")
+BALANCE_CHOICES = (None, "expr")
+INFO_KEYS = ("valid", "starts_video", "segment")
+
+_LABEL_DTYPES = {"va": np.float32, "expr": np.int32, "au": np.float32}
+
+
+# ------------------------------------------------------------------------- index logic
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"`{name}` must be an integer >= 1; got {value!r}.")
+    return int(value)
+
+
+def video_runs(videos):
+    """First and one-past-last row of each video in a per-row array of video ids.
+
+    Args:
+        videos: `(n,)` video id per row; each video's rows must be contiguous (as in
+            `FrameIndex.frames`, sorted by video then frame).
+    Returns:
+        `(starts, stops)`, int64 arrays with one entry per video, in row order.
+    Raises:
+        ValueError: a video's rows are split into several runs (the message names it).
+    """
+    videos = np.asarray(videos)
+    if videos.ndim != 1:
+        raise ValueError(f"`videos` must be a 1-d array of video ids; got shape {videos.shape}.")
+    n = len(videos)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    change = np.flatnonzero(videos[1:] != videos[:-1]) + 1
+    starts = np.r_[0, change].astype(np.int64)
+    stops = np.r_[change, n].astype(np.int64)
+    run_videos = videos[starts]
+    order = np.argsort(run_videos, kind="stable")
+    repeated = np.flatnonzero(run_videos[order][1:] == run_videos[order][:-1])
+    if len(repeated):
+        video = run_videos[order][repeated[0]]
+        rows = starts[run_videos == video]
+        raise ValueError(
+            f"The rows of video {video!r} are not contiguous (runs start at rows "
+            f"{rows[:4].tolist()}): expected rows sorted by video then frame, as in "
+            "FrameIndex.frames."
+        )
+    return starts, stops
+
+
+def window_indices(videos, window):
+    """Row numbers of the window of previous frames of every row.
+
+    Args:
+        videos: `(n,)` video id per row, rows sorted by video then frame.
+        window: frames per window, the target included.
+    Returns:
+        int64 `(n, window)`: row `i` holds the `window` rows at or before row `i` in its
+        video, oldest first, `i` last; at a video's start the video's first row is repeated.
+        A window never holds a later row or a row of another video.
+
+    Example:
+    >>> window_indices(["a", "a", "a", "b", "b"], 3)
+    array([[0, 0, 0],
+           [0, 0, 1],
+           [0, 1, 2],
+           [3, 3, 3],
+           [3, 3, 4]])
+    """
+    window = _check_positive_int("window", window)
+    starts, stops = video_runs(videos)
+    n = int(stops[-1]) if len(stops) else 0
+    first = np.repeat(starts, stops - starts)
+    rows = np.arange(n, dtype=np.int64)[:, None] + np.arange(1 - window, 1, dtype=np.int64)
+    return np.maximum(rows, first[:, None])
+
+
+class Segments(NamedTuple):
+    """Segments of consecutive rows of one video each, ordered by video then position.
+
+    Attributes:
+        rows: int64 `(n_segments, length)` row numbers; padding repeats the video's last row.
+        valid: bool `(n_segments, length)`, False on padding.
+        video: `(n_segments,)` the video id of each segment (values of `videos`).
+        position: int64 `(n_segments,)` index of the segment within its video.
+        starts_video: bool `(n_segments,)`, True for a video's first segment (reset the
+            state there; carry it otherwise).
+    """
+
+    rows: np.ndarray
+    valid: np.ndarray
+    video: np.ndarray
+    position: np.ndarray
+    starts_video: np.ndarray
+
+    def __len__(self):
+        return len(self.rows)
+
+    def take(self, order):
+        """The segments at the positions `order` (e.g. a permutation), as `Segments`."""
+        order = np.asarray(order, np.int64)
+        return Segments(*(np.asarray(field)[order] for field in self))
+
+
+def segment_indices(videos, length, stride=None):
+    """Cuts every video's rows into segments of `length` consecutive rows, `stride` apart.
+
+    A video of `n` rows gets `1 + ceil(max(n - length, 0) / stride)` segments starting at
+    rows 0, stride, 2 * stride, ... of the video; the last one reaches the video's end and
+    is padded by repeating the video's last row (`valid` False there). With
+    `stride == length` every row lies in exactly one segment, padding aside.
+
+    Args:
+        videos: `(n,)` video id per row, rows sorted by video then frame.
+        length: rows per segment.
+        stride: rows between segment starts, 1..length; default `length`.
+    Returns:
+        `Segments`, ordered by video (in row order) then position.
+
+    Example:
+    >>> s = segment_indices(["a"] * 5 + ["b"] * 2, length=3)
+    >>> s.rows.tolist(), s.valid.sum(axis=1).tolist(), s.starts_video.tolist()
+    ([[0, 1, 2], [3, 4, 4], [5, 6, 6]], [3, 2, 2], [True, False, True])
+    """
+    length = _check_positive_int("length", length)
+    stride = length if stride is None else _check_positive_int("stride", stride)
+    if stride > length:
+        raise ValueError(
+            f"`stride` ({stride}) is larger than `length` ({length}): segments would skip "
+            "rows; expected 1 <= stride <= length."
+        )
+    videos = np.asarray(videos)
+    starts, stops = video_runs(videos)
+    sizes = stops - starts
+    per_video = 1 + -(-np.maximum(sizes - length, 0) // stride)
+    owner = np.repeat(np.arange(len(starts)), per_video)
+    position = np.arange(len(owner), dtype=np.int64) - np.repeat(
+        np.cumsum(per_video) - per_video, per_video
+    )
+    first = starts[owner] + position * stride
+    rows = first[:, None] + np.arange(length, dtype=np.int64)
+    last = (stops[owner] - 1)[:, None]
+    valid = rows <= last
+    return Segments(
+        rows=np.minimum(rows, last),
+        valid=valid,
+        video=videos[starts][owner],
+        position=position,
+        starts_video=position == 0,
+    )
+
+
+def shuffle_segments(segments, seed):
+    """`segments` in a random order drawn from `seed` (the same seed, the same order)."""
+    return segments.take(np.random.default_rng(seed).permutation(len(segments)))
+
+
+def stream_order(segments, streams):
+    """Lays segments out in `streams` parallel streams for a stateful model, batch by batch.
+
+    Each video goes whole, in order, to one stream (longest videos first, each to the
+    stream with the fewest segments so far), so that in `order.reshape(-1, streams)` column
+    `b` of consecutive batches holds consecutive segments of a video: the state of batch
+    slot `b` carries from one batch to the next, and is reset where `starts_video` is True.
+
+    Args:
+        segments: `Segments` in video order (from `segment_indices`).
+        streams: the batch size.
+    Returns:
+        int64 `(n_batches * streams,)` segment numbers, row-major over `(n_batches,
+        streams)`; -1 marks filler slots after a stream's last video.
+    """
+    streams = _check_positive_int("streams", streams)
+    starts = np.flatnonzero(segments.starts_video)
+    counts = np.diff(np.r_[starts, len(segments)])
+    assigned = [[] for _ in range(streams)]
+    totals = np.zeros(streams, np.int64)
+    for video in np.argsort(-counts, kind="stable"):
+        slot = int(np.argmin(totals))
+        assigned[slot].append(video)
+        totals[slot] += counts[video]
+    steps = int(totals.max()) if len(counts) else 0
+    order = np.full((steps, streams), -1, np.int64)
+    for slot, videos in enumerate(assigned):
+        ids = [np.arange(starts[v], starts[v] + counts[v]) for v in sorted(videos)]
+        if ids:
+            ids = np.concatenate(ids)
+            order[: len(ids), slot] = ids
+    return order.reshape(-1)
+
+
+# ------------------------------------------------------------------------- datasets
+
+
+def _check_sorted(index):
+    """Raises unless the index rows are sorted by video then frame (video order free)."""
+    frames = index.frames
+    videos = frames["video"].to_numpy()
+    video_runs(videos)
+    numbers = frames["frame"].to_numpy(np.int64)
+    same = videos[1:] == videos[:-1]
+    bad = np.flatnonzero(same & (numbers[1:] <= numbers[:-1]))
+    if len(bad):
+        i = int(bad[0]) + 1
+        raise ValueError(
+            f"Index rows {i - 1} and {i} of video {videos[i]!r} have frames "
+            f"{numbers[i - 1]} then {numbers[i]}: expected rows sorted by video then frame "
+            "(as FrameIndex builds them)."
+        )
+
+
+def _input_matrices(index, inputs):
+    """`(matrices, single)`: name -> float32 `(n, dim)` tf constant, and whether `inputs`
+    was one source rather than a dict."""
+    single = not isinstance(inputs, dict)
+    sources = {"features": inputs} if single else dict(inputs)
+    if not sources:
+        raise ValueError("`inputs` is an empty dict: expected at least one feature source.")
+    matrices = {}
+    for name, source in sources.items():
+        matrix = feature_matrix(index, source)
+        matrices[name] = tf.constant(matrix)
+    return matrices, single
+
+
+def _window_sizes(window):
+    if isinstance(window, (list, tuple, np.ndarray)):
+        sizes = tuple(_check_positive_int("window", int(w)) for w in window)
+        if not sizes:
+            raise ValueError("`window` is an empty list: expected window sizes such as (16, 32).")
+        return sizes
+    return (_check_positive_int("window", window),)
+
+
+def _balance_cdf(index, mask):
+    """Cumulative sampling probabilities over the targets that balance expression classes.
+
+    Each expression class present gets an equal share of the labelled frames' probability;
+    frames without an expression label keep their natural share (their fraction of the
+    targets), so multi-task frames are still drawn.
+    """
+    expr = index.frames["expr"].to_numpy(np.int64)[mask]
+    missing = expr == index.schema.expr_missing
+    weights = np.zeros(len(expr), np.float64)
+    labelled_share = 1.0 - missing.mean()
+    classes, inverse, counts = np.unique(expr[~missing], return_inverse=True,
+                                         return_counts=True)
+    if len(classes) == 0:
+        raise ValueError(
+            "balance='expr': none of the target frames has an expression label; expected "
+            "some frames with expr != -1."
+        )
+    weights[~missing] = labelled_share / (len(classes) * counts[inverse])
+    weights[missing] = 1.0 / len(expr)
+    cdf = np.cumsum(weights)
+    return cdf / cdf[-1]
+
+
+def _finish(ds, deterministic=True):
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def window_dataset(
+    index,
+    inputs,
+    tasks=TASKS,
+    window=16,
+    windowed=None,
+    batch_size=32,
+    training=False,
+    shuffle_seed=0,
+    balance=None,
+    missing_images="skip",
+    drop_remainder=False,
+    repeat=False,
+):
+    """Batches of per-frame features over windows of previous frames, with the target's labels.
+
+    Windows are cut over every row of `index` (frames without an image of their own take
+    the nearest frame's features, see `FeatureCache.features_for`); the targets are the rows
+    `label_arrays(index, tasks, missing_images)` describes, in that order when not shuffled.
+
+    Args:
+        index: `FrameIndex`, rows sorted by video then frame.
+        inputs: one feature source, or a dict input name -> source. A source is a
+            `FeatureCache` (all its outputs, concatenated), `(cache, names)`, a cache folder,
+            a float array `(len(index), dim)` aligned to the index rows, or a list of
+            sources concatenated along the feature axis (modalities); see
+            `affectkit.data.features.feature_matrix`.
+        tasks: label keys, some of `("va", "expr", "au")`.
+        window: frames per window (e.g. 4, 8, 16, 32), or a list of sizes: each batch then
+            uses one of them, drawn from `shuffle_seed` (window axis `None` in the shapes).
+        windowed: names of the dict inputs given as windows `(B, W, D)`; the others are the
+            target frame's `(B, D)`. Default: every input. Ignored for a single source.
+        batch_size: targets per batch.
+        training: shuffle the targets (seeded; a new order each epoch, the same sequence of
+            orders for the same seed).
+        shuffle_seed: seed of the shuffle, the class-balanced sampling and the window sizes.
+        balance: `None`, or `"expr"` to draw targets at random so that every expression class
+            present is drawn equally often (frames without an expression label keep their
+            share); an epoch has as many targets as the unbalanced one. Seeded, in training
+            and evaluation alike.
+        missing_images: `"skip"` targets frames with their own image only; `"fill"` every
+            frame with `image_frame >= 0` (as in `frame_dataset`).
+        drop_remainder: drop a last, smaller batch.
+        repeat: repeat forever.
+
+    Returns:
+        `tf.data.Dataset` of `(x, labels)`: `x` is `(B, W, D)` float32 for a single source,
+        else a dict of `(B, W, D)` (windowed) and `(B, D)` (target frame) float32; `labels`
+        `va` `(B, 2)` float32, `expr` `(B,)` int32, `au` `(B, K)` float32 of the target
+        frames, missing markers kept.
+
+    Example:
+    >>> cache = FeatureCache("cache/do2020")
+    >>> ds = window_dataset(index, {"probabilities": (cache, "probabilities"),
+    ...                             "feature": (cache, "feature")},
+    ...                     windowed=["probabilities"], window=32, training=True)
+    """
+    tasks = _check_tasks(tasks)
+    batch_size = _check_positive_int("batch_size", batch_size)
+    if balance not in BALANCE_CHOICES:
+        raise ValueError(f"Unknown balance {balance!r}: expected one of {BALANCE_CHOICES}.")
+    sizes = _window_sizes(window)
+    _check_sorted(index)
+    matrices, single = _input_matrices(index, inputs)
+    if single or windowed is None:
+        windowed = tuple(matrices)
+    else:
+        windowed = (windowed,) if isinstance(windowed, str) else tuple(windowed)
+        unknown = sorted(set(windowed) - set(matrices))
+        if unknown:
+            raise ValueError(
+                f"`windowed` names {unknown} that are not inputs; expected some of "
+                f"{sorted(matrices)}."
+            )
+
+    mask = _row_mask(index, missing_images)
+    targets = np.flatnonzero(mask)
+    if not len(targets):
+        raise ValueError(
+            f"No target frames: none of the {len(mask)} frames of the index is kept with "
+            f"missing_images={missing_images!r}."
+        )
+    labels = label_arrays(index, tasks, missing_images)
+    table = window_indices(index.frames["video"].to_numpy(), max(sizes))
+    window_table = tf.constant(table[targets])
+    target_rows = tf.constant(targets.astype(np.int64))
+    label_tables = {task: tf.constant(values) for task, values in labels.items()}
+    size_table = tf.constant(np.asarray(sizes, np.int32))
+    largest = max(sizes)
+    n_targets = len(targets)
+    n_batches = n_targets // batch_size if drop_remainder else -(-n_targets // batch_size)
+    if n_batches == 0:
+        raise ValueError(
+            f"{n_targets} target frames make no full batch of {batch_size} with "
+            "drop_remainder=True."
+        )
+    cdf = tf.constant(_balance_cdf(index, mask)) if balance == "expr" else None
+
+    def draw(randoms, k):
+        return tf.random.stateless_uniform(
+            [], seed=tf.stack([randoms, tf.constant(k, tf.int64)]), maxval=2**31 - 1,
+            dtype=tf.int64,
+        )
+
+    def sample_positions(randoms):
+        seed = tf.stack([randoms, tf.constant(0, tf.int64)])
+        uniform = tf.random.stateless_uniform([batch_size], seed=seed, dtype=tf.float64)
+        positions = tf.searchsorted(cdf, uniform, side="right")
+        return tf.minimum(tf.cast(positions, tf.int64), n_targets - 1)
+
+    def load(positions, randoms):
+        windows = tf.gather(window_table, positions)
+        if len(sizes) > 1:
+            choice = draw(randoms, 1) % len(sizes)
+            windows = windows[:, largest - tf.gather(size_table, choice):]
+        rows = tf.gather(target_rows, positions)
+        x = {
+            name: tf.gather(matrix, windows if name in windowed else rows)
+            for name, matrix in matrices.items()
+        }
+        y = {task: tf.gather(values, positions) for task, values in label_tables.items()}
+        return (x["features"] if single else x), y
+
+    randoms = tf.data.Dataset.random(seed=shuffle_seed, rerandomize_each_iteration=True)
+    if balance == "expr":
+        ds = randoms.take(n_batches).map(lambda r: (sample_positions(r), r))
+    else:
+        ds = tf.data.Dataset.range(n_targets)
+        if training:
+            ds = ds.shuffle(n_targets, seed=shuffle_seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+        ds = tf.data.Dataset.zip((ds, randoms))
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _finish(ds)
+
+
+def _row_labels(index, tasks, missing_images):
+    """Label tables with one row per index row plus a last all-missing row (for padding);
+    rows left out by `missing_images` get the missing markers too."""
+    schema = index.schema
+    mask = _row_mask(index, missing_images)
+    labels = index.labels(tasks)
+    markers = {"va": schema.va_missing, "expr": schema.expr_missing, "au": schema.au_missing}
+    tables = {}
+    for task in tasks:
+        values = np.asarray(labels[task], _LABEL_DTYPES[task])
+        filler = np.full((1,) + values.shape[1:], markers[task], values.dtype)
+        values = np.concatenate([values, filler])
+        values[:-1][~mask] = markers[task]
+        tables[task] = values
+    return tables
+
+
+def segment_labels(index, segments, tasks=TASKS, missing_images="skip"):
+    """The labels `segment_dataset` yields for `segments` (same order), as NumPy arrays.
+
+    Returns:
+        dict task -> `(n_segments, length, ...)`: `va` float32, `expr` int32, `au` float32;
+        the missing markers on padded steps and on frames left out by `missing_images`.
+    """
+    tasks = _check_tasks(tasks)
+    tables = _row_labels(index, tasks, missing_images)
+    rows = np.where(segments.valid, segments.rows, len(index.frames))
+    return {task: table[rows] for task, table in tables.items()}
+
+
+def segment_dataset(
+    index,
+    inputs,
+    tasks=TASKS,
+    length=128,
+    stride=None,
+    batch_size=8,
+    order="video",
+    shuffle_seed=0,
+    missing_images="skip",
+    with_info=False,
+    drop_remainder=False,
+    repeat=False,
+):
+    """Batches of video segments of per-frame features, with per-step labels.
+
+    Every row of `index` lies in a segment (frames without an image take the nearest
+    frame's features). Steps whose labels should not count carry the missing markers:
+    padding after a video's end, and frames without their own image when
+    `missing_images="skip"`.
+
+    Args:
+        index: `FrameIndex`, rows sorted by video then frame.
+        inputs: one feature source, or a dict input name -> source (see `window_dataset`).
+        tasks: label keys, some of `("va", "expr", "au")`.
+        length: steps per segment (128 in Liu et al. 2023).
+        stride: steps between segment starts (1..length); default `length`.
+        batch_size: segments per batch.
+        order: `"video"`: by video, then position (`segment_indices` order); `"shuffle"`:
+            seeded random order, a new one each epoch; `"streams"`: `stream_order`, so that
+            batch slot `b` holds consecutive segments of a video from batch to batch (for an
+            LSTM whose state is carried across segments; slots past a stream's end are
+            fillers, all steps invalid and labelled missing).
+        shuffle_seed: seed of the shuffle.
+        missing_images: `"skip"` labels frames without their own image as missing; `"fill"`
+            keeps the labels of frames with `image_frame >= 0`.
+        with_info: `x` becomes a dict with the inputs (a single source under `"features"`)
+            plus `valid` `(B, L)` bool, `starts_video` `(B,)` bool and `segment` `(B,)`
+            int64 (the segment's number in `segment_indices` order, -1 for fillers).
+        drop_remainder: drop a last, smaller batch (not with `"streams"`).
+        repeat: repeat forever.
+
+    Returns:
+        `tf.data.Dataset` of `(x, labels)`: `x` `(B, L, D)` float32 (or a dict, see
+        `inputs` and `with_info`); `labels` `va` `(B, L, 2)` float32, `expr` `(B, L)` int32,
+        `au` `(B, L, K)` float32.
+
+    Example:
+    >>> ds = segment_dataset(index, [visual_cache, audio_cache], tasks=("expr",),
+    ...                      length=128, batch_size=16, order="shuffle")
+    """
+    tasks = _check_tasks(tasks)
+    batch_size = _check_positive_int("batch_size", batch_size)
+    if order not in SEGMENT_ORDERS:
+        raise ValueError(f"Unknown order {order!r}: expected one of {SEGMENT_ORDERS}.")
+    _check_sorted(index)
+    matrices, single = _input_matrices(index, inputs)
+    if with_info:
+        clash = sorted(set(matrices) & set(INFO_KEYS))
+        if clash:
+            raise ValueError(f"Input names {clash} clash with the with_info keys {INFO_KEYS}.")
+    segments = segment_indices(index.frames["video"].to_numpy(), length, stride)
+    n_segments = len(segments)
+    if n_segments == 0:
+        raise ValueError("The index has no rows: expected at least one frame to cut into segments.")
+    n_rows = len(index.frames)
+    label_tables = {
+        task: tf.constant(values)
+        for task, values in _row_labels(index, tasks, missing_images).items()
+    }
+    # One filler segment after the real ones: row 0 everywhere, nothing valid.
+    rows = np.concatenate([segments.rows, np.zeros((1, segments.rows.shape[1]), np.int64)])
+    valid = np.concatenate([segments.valid, np.zeros((1, rows.shape[1]), bool)])
+    starts_video = np.r_[segments.starts_video, True]
+    row_table = tf.constant(rows)
+    label_row_table = tf.constant(np.where(valid, rows, n_rows))
+    valid_table = tf.constant(valid)
+    starts_table = tf.constant(starts_video)
+
+    def load(ids):
+        slots = tf.where(ids < 0, tf.constant(n_segments, tf.int64), ids)
+        steps = tf.gather(row_table, slots)
+        x = {name: tf.gather(matrix, steps) for name, matrix in matrices.items()}
+        label_rows = tf.gather(label_row_table, slots)
+        y = {task: tf.gather(values, label_rows) for task, values in label_tables.items()}
+        if with_info:
+            x.update(valid=tf.gather(valid_table, slots),
+                     starts_video=tf.gather(starts_table, slots), segment=ids)
+            return x, y
+        return (x["features"] if single else x), y
+
+    if order == "streams":
+        ds = tf.data.Dataset.from_tensor_slices(stream_order(segments, batch_size))
+        ds = ds.batch(batch_size)
+    else:
+        ds = tf.data.Dataset.range(n_segments)
+        if order == "shuffle":
+            ds = ds.shuffle(n_segments, seed=shuffle_seed, reshuffle_each_iteration=True)
+        ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return _finish(ds)

@@ -1,0 +1,241 @@
+"""Feature cache: extraction with a tiny model, resume after an interruption, nearest-frame
+fill, combining caches, errors, and the `extract-features` command.
+
+Reference features come from `cv2.imread` and `model.predict` on the images, not from the
+cache code.
+"""
+
+import json
+import os
+
+import cv2
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from affectkit import cli
+from affectkit.data import features
+from affectkit.data.affwild2 import FrameIndex
+
+SIZE = 112  # the demo_root fixture's frames
+
+
+def tiny_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((SIZE, SIZE, 3), name="image")
+    x = keras.layers.Conv2D(4, 5, strides=4, activation="relu")(inputs)
+    feature = keras.layers.GlobalAveragePooling2D(name="feature")(x)
+    probabilities = keras.layers.Dense(3, activation="softmax", name="probabilities")(feature)
+    return keras.Model(inputs, {"feature": feature, "probabilities": probabilities}, name="tiny")
+
+
+@pytest.fixture(scope="module")
+def train_index(demo_root):
+    return FrameIndex.from_affwild2(demo_root, "abaw3", "train")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory, model, train_index):
+    out = str(tmp_path_factory.mktemp("cache") / "tiny")
+    features.extract_features(model, train_index, out, batch_size=16, verbose=0)
+    return out
+
+
+def reference_features(model, demo_root, video):
+    folder = os.path.join(demo_root, "cropped_aligned", video)
+    names = sorted(os.listdir(folder))
+    images = np.stack([cv2.imread(os.path.join(folder, n))[..., ::-1] for n in names])
+    out = model.predict(images.astype(np.float32) / 255.0, verbose=0)
+    return np.array([int(n[:-4]) for n in names]), out
+
+
+def test_extraction_stores_every_frame_image(cache_dir, model, demo_root, train_index):
+    cache = features.FeatureCache(cache_dir)
+    assert cache.videos == train_index.videos
+    assert cache.dims == {"feature": 4, "probabilities": 3}
+    with open(os.path.join(cache_dir, "manifest.json")) as f:
+        manifest = json.load(f)
+    assert manifest["format"] == "affectkit-feature-cache"
+    assert manifest["image_size"] == [SIZE, SIZE] and manifest["normalization"] == "unit"
+    assert manifest["model"]["name"] == "tiny" and manifest["modality"] == "visual"
+    for video in cache.videos:
+        frames, expected = reference_features(model, demo_root, video)
+        stored = cache.load(video)
+        np.testing.assert_array_equal(stored["frames"], frames)
+        for name in ("feature", "probabilities"):
+            np.testing.assert_allclose(stored[name], expected[name], atol=1e-5, rtol=1e-5)
+    # Frames without an image (the demo data has some) are not stored.
+    frames_with_image = train_index.frames[train_index.frames["has_image"]]
+    assert sum(len(cache.load(v)["frames"]) for v in cache.videos) == len(frames_with_image)
+
+
+def test_features_for_fills_frames_without_image(cache_dir, train_index):
+    cache = features.FeatureCache(cache_dir)
+    got = cache.features_for(train_index)
+    frames = train_index.frames
+    assert got["feature"].shape == (len(frames), 4)
+    missing = np.flatnonzero(~frames["has_image"].to_numpy())
+    assert len(missing)
+    for row in missing:
+        video, frame = frames["video"].iloc[row], frames["frame"].iloc[row]
+        stored = cache.load(video)
+        distance = np.abs(stored["frames"] - frame)
+        nearest = int(np.flatnonzero(distance == distance.min())[0])  # earlier on a tie
+        np.testing.assert_array_equal(got["feature"][row], stored["feature"][nearest])
+
+
+def test_nearest_frame_fill_by_hand(tmp_path):
+    writer = features.CacheWriter(tmp_path / "c", {"modality": "visual", "model": {"name": "h"}})
+    values = np.array([[20.0], [50.0], [90.0]], np.float32)
+    writer.write("vid", [2, 5, 9], {"f": values})
+    cache = features.FeatureCache(tmp_path / "c")
+    table = pd.DataFrame({"video": ["vid"] * 11, "frame": np.arange(1, 12)})
+    got = cache.features_for(table)["f"][:, 0]
+    # frame: 1  2  3  4  5  6  7 (tie 5/9 -> 5)  8  9 10 11
+    assert got.tolist() == [20, 20, 20, 50, 50, 50, 50, 90, 90, 90, 90]
+    np.testing.assert_array_equal(features.nearest_positions([2, 5, 9], [7, 3, 12, 0]),
+                                  [1, 0, 2, 0])
+
+
+def test_resume_skips_done_videos_after_a_deleted_file(tmp_path, cache_dir, model, train_index):
+    out = str(tmp_path / "cache")
+    first = features.extract_features(model, train_index, out, batch_size=16, verbose=0)
+    assert first["videos_done"] == len(train_index.videos)
+    video = train_index.videos[1]
+    os.remove(os.path.join(out, video + ".npz"))
+    stamps = {v: os.stat(os.path.join(out, v + ".npz")).st_mtime_ns
+              for v in train_index.videos if v != video}
+    second = features.extract_features(model, train_index, out, batch_size=16, verbose=0)
+    assert second["videos_done"] == 1 and second["videos_skipped"] == len(stamps)
+    for v, stamp in stamps.items():
+        assert os.stat(os.path.join(out, v + ".npz")).st_mtime_ns == stamp
+    again = features.FeatureCache(out).load(video)
+    np.testing.assert_allclose(again["feature"],
+                               features.FeatureCache(cache_dir).load(video)["feature"], atol=1e-6)
+
+
+def test_interrupted_extraction_leaves_whole_files_and_resumes(tmp_path, model, train_index,
+                                                               cache_dir):
+    out = str(tmp_path / "cache")
+    calls = {"n": 0}
+
+    def flaky(batch):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("simulated interruption")
+        return model.predict_on_batch(batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        features.extract_features(flaky, train_index, out, batch_size=16, description="tiny",
+                                  verbose=0)
+    left = sorted(os.listdir(out))
+    assert not [name for name in left if name.endswith(".partial")]
+    done = [name[:-4] for name in left if name.endswith(".npz")]
+    assert 0 < len(done) < len(train_index.videos)
+    summary = features.extract_features(model, train_index, out, batch_size=16, verbose=0)
+    assert summary["videos_skipped"] == len(done)
+    assert summary["videos_done"] == len(train_index.videos) - len(done)
+    reference = features.FeatureCache(cache_dir)
+    for video in train_index.videos:
+        np.testing.assert_allclose(features.FeatureCache(out).load(video)["probabilities"],
+                                   reference.load(video)["probabilities"], atol=1e-6)
+
+
+def test_resume_with_other_settings_is_refused(cache_dir, model, train_index):
+    with pytest.raises(ValueError, match="normalization"):
+        features.extract_features(model, train_index, cache_dir, normalization="imagenet",
+                                  verbose=0)
+
+
+def test_caches_combine_as_modalities(tmp_path, cache_dir, train_index):
+    visual = features.FeatureCache(cache_dir)
+    writer = features.CacheWriter(tmp_path / "other", {"modality": "audio",
+                                                       "model": {"name": "fake"}})
+    for video in train_index.videos:
+        n = int((train_index.frames["video"] == video).sum())
+        frames = np.arange(1, n + 1)
+        writer.write(video, frames, {"loud": np.stack([frames, -frames], 1).astype(np.float32)})
+    audio = features.FeatureCache(tmp_path / "other")
+    combined = features.feature_matrix(train_index, [visual, audio])
+    assert combined.shape == (len(train_index), 4 + 3 + 2)
+    own = visual.features_for(train_index)
+    np.testing.assert_array_equal(combined[:, :4], own["feature"])
+    np.testing.assert_array_equal(combined[:, 4:7], own["probabilities"])
+    np.testing.assert_array_equal(combined[:, 7], train_index.frames["frame"].to_numpy())
+    picked = features.feature_matrix(train_index, [(visual, ["probabilities"]), audio])
+    np.testing.assert_array_equal(picked[:, :3], own["probabilities"])
+    with pytest.raises(ValueError, match="aligned to the index rows"):
+        features.feature_matrix(train_index, np.zeros((3, 2)))
+
+
+def test_window_dataset_reads_from_caches(cache_dir, train_index):
+    from affectkit.data.sequences import window_dataset
+
+    cache = features.FeatureCache(cache_dir)
+    ds = window_dataset(train_index, {"probabilities": (cache, "probabilities"),
+                                      "feature": [cache]},
+                        windowed="probabilities", window=8, batch_size=16, tasks=("expr",))
+    x, y = next(iter(ds))
+    assert x["probabilities"].shape == (16, 8, 3) and x["feature"].shape == (16, 7)
+    assert y["expr"].shape == (16,)
+
+
+def test_unknown_video_names_the_video(cache_dir, train_index):
+    table = pd.DataFrame({"video": ["not_there"], "frame": [1]})
+    with pytest.raises(ValueError, match="not_there"):
+        features.FeatureCache(cache_dir).features_for(table)
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        features.FeatureCache(os.path.dirname(cache_dir) + "/nothing")
+
+
+def test_cli_extract_features_round_trip(tmp_path, demo_root, capsys):
+    model = tiny_model(seed=1)
+    path = str(tmp_path / "tiny.keras")
+    model.save(path)
+    out = str(tmp_path / "cli_cache")
+    args = ["extract-features", "--model", path, "--layer", "feature", "--data", demo_root,
+            "--out", out, "--edition", "abaw3", "--split", "val", "--batch-size", "32"]
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "videos_done" in printed and "'features': 4" in printed
+    cache = features.FeatureCache(out)
+    val = FrameIndex.from_affwild2(demo_root, "abaw3", "val")
+    assert cache.videos == val.videos and cache.dims == {"features": 4}
+    frames, expected = reference_features(model, demo_root, val.videos[0])
+    np.testing.assert_allclose(cache.load(val.videos[0])["features"], expected["feature"],
+                               atol=1e-5, rtol=1e-5)
+    assert cli.main(args) == 0
+    assert "videos_skipped: 2" in capsys.readouterr().out
+
+
+def test_cli_extract_features_backbone_name(tmp_path, demo_root, capsys):
+    out = str(tmp_path / "regnet")
+    code = cli.main(["extract-features", "--model", "regnetx_400mf", "--data", demo_root,
+                     "--out", out, "--image-size", "32", "--split", "val", "--edition",
+                     "abaw3"])
+    assert code == 0, capsys.readouterr().err
+    cache = features.FeatureCache(out)
+    assert cache.dims == {"features": 400}
+    assert cache.manifest["model"]["backbone"] == "regnetx_400mf"
+    assert cache.manifest["image_size"] == [32, 32]
+
+
+def test_cli_extract_features_errors(tmp_path, demo_root, capsys):
+    code = cli.main(["extract-features", "--model", "no_such_model", "--data", demo_root,
+                     "--out", str(tmp_path / "x")])
+    assert code == 2
+    assert "unknown --model 'no_such_model'" in capsys.readouterr().err
+    code = cli.main(["extract-features", "--model", str(tmp_path / "missing.keras"),
+                     "--data", demo_root, "--out", str(tmp_path / "x")])
+    assert code == 2
+    assert "missing.keras" in capsys.readouterr().err
+    code = cli.main(["extract-features", "--model", "regnetx_400mf", "--data", demo_root,
+                     "--out", str(tmp_path / "x"), "--split", "train"])
+    assert code == 2
+    assert "--edition" in capsys.readouterr().err
