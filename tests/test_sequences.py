@@ -198,6 +198,9 @@ def test_window_dataset_shapes_and_alignment_with_label_arrays():
     tasks = ("va", "expr", "au")
     ds = sequences.window_dataset(index, {"probs": probs, "feat": feats}, tasks=tasks,
                                   window=4, windowed=["probs"], batch_size=5)
+    x_spec, _ = ds.element_spec
+    assert x_spec["probs"].shape.as_list() == [None, 4, 7]
+    assert x_spec["feat"].shape.as_list() == [None, 3]
     xs, ys = collect(ds)
     assert xs[0]["probs"].shape == (5, 4, 7) and xs[0]["feat"].shape == (5, 3)
     assert ys[0]["va"].shape == (5, 2) and ys[0]["expr"].shape == (5,)
@@ -249,6 +252,8 @@ def test_window_dataset_seeded_shuffle_and_window_choice():
     assert first[0] != first[1]  # reshuffled each epoch
     rows = sorted(r for batch, _ in first[0] for r in batch)
     assert rows == frame_rows(index).index.tolist()
+    varying = sequences.window_dataset(index, feats, tasks="va", window=[2, 4, 8])
+    assert varying.element_spec[0].shape.as_list() == [None, None, 3]
     sizes = [size for batch in epochs(3, window=[2, 4, 8]) for _, size in batch]
     assert set(sizes) <= {2, 4, 8} and len(set(sizes)) > 1
     assert sizes == [size for batch in epochs(3, window=[2, 4, 8]) for _, size in batch]
@@ -333,3 +338,24 @@ def test_segment_dataset_orders_and_info():
         assert (y["expr"].numpy()[filler] == -1).all()
         assert x["starts_video"].numpy()[filler].all()
         assert x["f"].shape == (2, 3, 3)
+
+
+def test_a_keras_model_trains_on_windows_of_varying_size():
+    import keras
+    import tensorflow as tf
+
+    index = make_index()
+    probs = np.random.default_rng(0).random((len(index), 7)).astype(np.float32)
+    ds = sequences.window_dataset(index, {"probs": probs, "feat": row_features(index)},
+                                  tasks="expr", window=[2, 4], windowed=["probs"],
+                                  batch_size=4, training=True)
+    ds = ds.map(lambda x, y: (x, {"expr": tf.ones_like(y["expr"])}))  # no missing marker
+    probs_in = keras.Input((None, 7), name="probs")
+    feat_in = keras.Input((3,), name="feat")
+    pooled = keras.layers.GlobalAveragePooling1D()(probs_in)
+    hidden = keras.layers.Concatenate()([pooled, feat_in])
+    expr = keras.layers.Dense(8, activation="softmax", name="expr")(hidden)
+    model = keras.Model({"probs": probs_in, "feat": feat_in}, {"expr": expr})
+    model.compile("adam", {"expr": "sparse_categorical_crossentropy"})
+    history = model.fit(ds, epochs=2, verbose=0, shuffle=False)
+    assert np.isfinite(history.history["loss"]).all()

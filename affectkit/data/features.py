@@ -41,6 +41,8 @@ RESERVED_KEYS = (FRAMES_KEY, "fps")
 FRAME_NUMBERING = "1-based: frame k is <video>/<k:05d>.jpg and line k of an annotation file"
 VIEW_FOLDERS = {"aligned": "cropped_aligned", "cropped": "cropped"}
 STORAGE_DTYPES = ("float32", "float16")
+# Manifest keys the writer sets itself; the others are the settings a resumed run must match.
+_MANIFEST_OWN_KEYS = ("format", "version", "outputs", "pooled_outputs", "frame_numbering")
 
 _FRAME_FILE = re.compile(r"^(\d+)\.jpg$", re.IGNORECASE)
 
@@ -84,7 +86,9 @@ def _read_json(path):
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error}); expected a feature-cache manifest.") from None
+        raise ValueError(
+            f"{path}: not valid JSON ({error}); expected a feature-cache manifest."
+        ) from None
 
 
 def _write_atomic(path, write):
@@ -179,7 +183,9 @@ class FeatureCache:
         with np.load(path, allow_pickle=False) as data:
             missing = [key for key in (FRAMES_KEY, *names) if key not in data.files]
             if missing:
-                raise ValueError(f"{path}: lacks the array(s) {missing}; expected {[FRAMES_KEY, *names]}.")
+                raise ValueError(
+                    f"{path}: lacks the array(s) {missing}; expected {[FRAMES_KEY, *names]}."
+                )
             out = {FRAMES_KEY: data[FRAMES_KEY].astype(np.int64)}
             for name in names:
                 values = data[name].astype(np.float32)
@@ -320,8 +326,11 @@ class CacheWriter:
         """True when `<video>.npz` is complete."""
         return os.path.isfile(os.path.join(self.path, f"{video}{VIDEO_SUFFIX}"))
 
-    def set_outputs(self, dims):
-        """Writes the manifest with the output dims, or checks them against an existing one."""
+    def set_outputs(self, dims, pooled=()):
+        """Writes the manifest with the output dims, or checks them against an existing one.
+
+        `pooled`: names of outputs averaged over spatial axes (noted in the manifest).
+        """
         dims = {str(k): int(v) for k, v in dims.items()}
         if self.dims is not None:
             if dims != self.dims:
@@ -331,7 +340,8 @@ class CacheWriter:
                 )
             return
         manifest = {"format": CACHE_FORMAT, "version": CACHE_VERSION, **self.settings,
-                    "outputs": dims, "frame_numbering": FRAME_NUMBERING}
+                    "outputs": dims, "pooled_outputs": sorted(pooled),
+                    "frame_numbering": FRAME_NUMBERING}
         text = json.dumps(manifest, indent=2) + "\n"
         _write_atomic(self.manifest_path, lambda f: f.write(text.encode("utf-8")))
         self.dims = dims
@@ -355,9 +365,6 @@ class CacheWriter:
         arrays.update(extra or {})
         path = os.path.join(self.path, f"{video}{VIDEO_SUFFIX}")
         _write_atomic(path, lambda f: np.savez(f, **arrays))
-
-
-_MANIFEST_OWN_KEYS = ("format", "version", "outputs", "frame_numbering")
 
 
 # ------------------------------------------------------------------------- frames to run
@@ -528,11 +535,14 @@ def _frame_batches(paths, image_size, normalization, batch_size):
 
     height, width = image_size
 
+    def resize(image):  # as `decode_frame(path, image_size)`, on the decoded frame
+        image = tf.image.resize(image, (height, width), method="bilinear", antialias=True)
+        return tf.saturate_cast(tf.round(image), tf.uint8)
+
     def load(path):
         image = decode_frame(path)
         same = tf.reduce_all(tf.equal(tf.shape(image)[:2], [height, width]))
-        return tf.cond(same, lambda: tf.ensure_shape(image, (None, None, 3)),
-                       lambda: decode_frame(path, (height, width)))
+        return tf.cond(same, lambda: image, lambda: resize(image))
 
     ds = tf.data.Dataset.from_tensor_slices(tf.constant(paths))
     ds = ds.map(lambda p: tf.ensure_shape(load(p), (height, width, 3)),
@@ -595,24 +605,31 @@ def extract_features(
         description: str or dict describing the model, stored in the manifest (default: its
             name). A resumed run must give the same.
         dtype: storage dtype, `"float32"` or `"float16"`.
-        verbose: 0 silent, 1 a progress bar over frames and a line per skipped count.
+        verbose: 0 silent, 1 a line of counts and a progress bar over frames.
 
     Returns:
         dict: `path`, `videos_done` (extracted now), `videos_skipped` (already in the cache),
-        `videos_without_frames` (no image, nothing stored), `frames` (extracted now) and
-        `outputs` (name -> dim).
+        `videos_without_frames` (no image, nothing stored), `frames` (extracted now),
+        `outputs` (name -> dim) and `pooled_outputs` (outputs averaged over space).
     """
     import keras
 
     if normalization is not None and not isinstance(normalization, str):
-        raise ValueError("`normalization` must be a name or None here: it is stored in the manifest.")
+        raise ValueError("`normalization` must be a name or None here: the manifest stores it.")
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1; got {batch_size}.")
     table = video_frame_images(data, edition, split, view, videos)
     if isinstance(image_size, (int, np.integer)):
         image_size = (int(image_size), int(image_size))
-    image_size = tuple(image_size) if image_size is not None else _model_image_size(model)
+    model_size = _model_image_size(model)
+    if image_size is not None and model_size is not None and tuple(image_size) != model_size:
+        raise ValueError(
+            f"image_size {tuple(image_size)} differs from the input size {model_size} of "
+            f"model {getattr(model, 'name', '')!r}; leave image_size out, or rebuild the model "
+            "for that size (e.g. model_file_backbone(..., input_shape=...))."
+        )
+    image_size = tuple(image_size) if image_size is not None else model_size
     if image_size is None:
         first = next((paths for _, paths in table.values() if paths), None)
         image_size = _probe_image_size(first) if first else (112, 112)
@@ -662,7 +679,7 @@ def extract_features(
                 ) from error
             raise
         arrays = {key: np.concatenate(parts) for key, parts in chunks.items()}
-        writer.set_outputs({key: values.shape[1] for key, values in arrays.items()})
+        writer.set_outputs({key: values.shape[1] for key, values in arrays.items()}, pooled)
         writer.write(video, frames, arrays)
     return {
         "path": writer.path,

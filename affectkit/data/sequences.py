@@ -384,12 +384,13 @@ def window_dataset(
             f"missing_images={missing_images!r}."
         )
     labels = label_arrays(index, tasks, missing_images)
-    table = window_indices(index.frames["video"].to_numpy(), max(sizes))
-    window_table = tf.constant(table[targets])
+    # Windows are built per batch from the first row of each row's video, exactly as
+    # `window_indices` builds them, instead of holding an (n, window) table in memory.
+    starts, stops = video_runs(index.frames["video"].to_numpy())
+    first_rows = tf.constant(np.repeat(starts, stops - starts))
     target_rows = tf.constant(targets.astype(np.int64))
     label_tables = {task: tf.constant(values) for task, values in labels.items()}
-    size_table = tf.constant(np.asarray(sizes, np.int32))
-    largest = max(sizes)
+    size_table = tf.constant(np.asarray(sizes, np.int64))
     n_targets = len(targets)
     n_batches = n_targets // batch_size if drop_remainder else -(-n_targets // batch_size)
     if n_batches == 0:
@@ -399,9 +400,9 @@ def window_dataset(
         )
     cdf = tf.constant(_balance_cdf(index, mask)) if balance == "expr" else None
 
-    def draw(randoms, k):
+    def random_int(randoms, stream):
         return tf.random.stateless_uniform(
-            [], seed=tf.stack([randoms, tf.constant(k, tf.int64)]), maxval=2**31 - 1,
+            [], seed=tf.stack([randoms, tf.constant(stream, tf.int64)]), maxval=2**31 - 1,
             dtype=tf.int64,
         )
 
@@ -412,11 +413,13 @@ def window_dataset(
         return tf.minimum(tf.cast(positions, tf.int64), n_targets - 1)
 
     def load(positions, randoms):
-        windows = tf.gather(window_table, positions)
-        if len(sizes) > 1:
-            choice = draw(randoms, 1) % len(sizes)
-            windows = windows[:, largest - tf.gather(size_table, choice):]
         rows = tf.gather(target_rows, positions)
+        if len(sizes) > 1:
+            size = tf.gather(size_table, random_int(randoms, 1) % len(sizes))
+        else:
+            size = sizes[0]
+        offsets = tf.range(1 - size, 1, dtype=tf.int64)
+        windows = tf.maximum(rows[:, None] + offsets, tf.gather(first_rows, rows)[:, None])
         x = {
             name: tf.gather(matrix, windows if name in windowed else rows)
             for name, matrix in matrices.items()
