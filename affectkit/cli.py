@@ -1,6 +1,7 @@
 """The `affectkit` command line: `demo-data`, `index`, `evaluate`, `extract-features`.
 
-Each subcommand imports what it needs when it runs, so `affectkit --help` is instant.
+Each subcommand imports the modules it needs when it runs. (`import affectkit` itself
+loads TensorFlow, so that every custom object is registered for reloading models.)
 """
 
 import argparse
