@@ -1,0 +1,214 @@
+"""Training throughput of the do2020 temporal model: feature cache against a recomputed CNN.
+
+The STAT + LSTM model of Do et al. (ABAW 2020, `recipes/do2020_stat_temporal.py`, default
+Table I model 6) trains on windows of s frames. Two ways to feed it, timed here at equal
+batch size, window, head and optimizer:
+
+    cache      the face model ran once per frame (`affectkit.data.features`); each step
+               gathers its windows of cached features from the resident matrix
+               (`window_dataset`, class-balanced, shuffled) and trains the head only
+    recompute  every step runs the frozen face model over the s frames of every window (the
+               authors' `TimeDistributed` layout), then trains the same head; the frames are
+               already decoded in memory, which favours this path
+
+Both run in turns (`--rounds`) after a warm-up; the table gives the median windows/s and
+the ratio. The load average is printed too: other processes on the machine slow both
+paths. A third line gives the face model's forward speed alone, the one-time cost of the
+cache (frames/s of extraction, without decoding).
+
+Default size (a few minutes on 2 CPU cores): 112x112 input (Aff-Wild2's `cropped_aligned`
+size) and the full-width VGGFace2 ResNet-50 (2048-d feature), LSTM 1024 units, s = 16,
+batch 16. `--full` uses the paper's 224x224 input.
+
+Usage:
+    python tools/bench_temporal.py
+    python tools/bench_temporal.py --full --steps 3
+    python tools/bench_temporal.py --image-size 64 --batch-size 8 --steps 4
+"""
+
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from keras import ops  # noqa: E402
+
+from affectkit.data.affwild2 import FrameIndex, frame_columns  # noqa: E402
+from affectkit.data.sequences import window_dataset  # noqa: E402
+from affectkit.labels import get_schema  # noqa: E402
+from affectkit.training.multitask_model import MultiTaskModel  # noqa: E402
+
+
+def load_recipe():
+    path = os.path.join(REPO_ROOT, "recipes", "do2020_stat_temporal.py")
+    spec = importlib.util.spec_from_file_location("do2020_stat_temporal", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+recipe = load_recipe()
+
+
+class RecomputedWindows(keras.Model):
+    """The frozen face model over every frame of each window, then the temporal head.
+
+    Input `(B, s, H, W, 3)` RGB in [0, 1]; the head gets the window's probabilities
+    `(B, s, C)` and the current (last) frame's feature `(B, D)`, as from the cache.
+    """
+
+    def __init__(self, face, head, window, **kwargs):
+        super().__init__(**kwargs)
+        self.face = face
+        self.head = head
+        self.window = int(window)
+
+    def call(self, frames, training=False):
+        flat = ops.reshape(frames, (-1,) + tuple(frames.shape[2:]))
+        outputs = self.face(flat, training=False)
+        probabilities = ops.reshape(outputs["probabilities"],
+                                    (-1, self.window, outputs["probabilities"].shape[-1]))
+        features = ops.reshape(outputs["feature"], (-1, self.window, outputs["feature"].shape[-1]))
+        return self.head({"feature": features[:, -1], "probabilities": probabilities},
+                         training=training)
+
+
+def synthetic_index(schema, videos, frames, seed):
+    """A `FrameIndex` of `videos` x `frames` labelled frames, all with an image."""
+    rng = np.random.default_rng(seed)
+    n = videos * frames
+    table = {
+        "video": np.repeat([f"bench_{v:03d}" for v in range(videos)], frames),
+        "frame": np.tile(np.arange(1, frames + 1), videos),
+        "valence": rng.uniform(-1, 1, n).astype(np.float32),
+        "arousal": rng.uniform(-1, 1, n).astype(np.float32),
+        "expr": rng.integers(0, schema.num_expressions, n),
+    }
+    for au in schema.aus:
+        table[au] = rng.integers(0, 2, n)
+    table.update(image_aligned="", image_cropped="", has_image=True,
+                 image_frame=table["frame"])
+    return FrameIndex(pd.DataFrame(table)[frame_columns(schema)], schema)
+
+
+def training_model(network, config):
+    model = MultiTaskModel(network, recipe.build_losses(config),
+                           loss_weights=recipe.build_loss_weights(config))
+    model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]))
+    return model
+
+
+def timed_fit(model, dataset, steps):
+    """Seconds of `steps` training steps (the train function is already traced)."""
+    start = time.perf_counter()
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+    return time.perf_counter() - start
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--image-size", type=int, help="face model input (default 112; 224 with --full)")
+    parser.add_argument("--batch-size", type=int, default=16, help="windows per step (both paths)")
+    parser.add_argument("--steps", type=int, default=4,
+                        help="timed steps of the recompute path per round; the cache path "
+                             "runs 10x as many (at least 20)")
+    parser.add_argument("--rounds", type=int, default=2, help="timed rounds of each path, in turns")
+    parser.add_argument("--window", type=int, default=16, help="frames per window, s")
+    parser.add_argument("--variant", default="emotion_va_frame_lstm",
+                        help="a STAT + LSTM variant of Table I (5 or 6)")
+    parser.add_argument("--lstm-layers", type=int, default=1, choices=(1, 2))
+    parser.add_argument("--full", action="store_true",
+                        help="the paper's sizes: 224x224 input, full ResNet-50, LSTM 1024")
+    args = parser.parse_args(argv)
+
+    schema = get_schema("abaw1")
+    variant = recipe.get_variant(args.variant)
+    if not variant.lstm:
+        parser.error(f"--variant {args.variant}: expected a STAT + LSTM variant (5 or 6).")
+    image_size = args.image_size or (224 if args.full else 112)
+    config = dict(recipe.PRESETS["paper"], variant=recipe.variant_name(variant),
+                  image_size=image_size, window=args.window, lstm_layers=args.lstm_layers,
+                  trainable_from=None)
+    window, batch = args.window, args.batch_size
+    cache_steps = max(20, 10 * args.steps)
+
+    print("command:", " ".join([os.path.basename(sys.executable)] + sys.argv))
+    print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f} at start")
+    print(f"model {variant.number} ({config['variant']}): face model VGGFace2 ResNet-50, depths "
+          f"(3, 4, 6, 3), widths (256, 512, 1024, 2048), input {image_size}x{image_size}, frozen; "
+          f"STAT + {args.lstm_layers} BiLSTM layer(s) of {config['lstm_units']} units; heads "
+          f"{tuple(config['head_units'])}; window s = {window}; batch {batch} windows; Adam")
+
+    keras.utils.set_random_seed(0)
+    face = recipe.build_face_model(config, schema)
+    face.trainable = False
+    config["feature_dim"] = face.output["feature"].shape[-1]
+    rng = np.random.default_rng(0)
+
+    # Cache path: windows of a synthetic cache, through the recipe's own input pipeline.
+    index = synthetic_index(schema, videos=8, frames=250, seed=0)
+    logits = rng.normal(size=(len(index), schema.num_expressions))
+    probabilities = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).astype(np.float32)
+    features = rng.normal(size=(len(index), config["feature_dim"])).astype(np.float32)
+    cache_ds = window_dataset(index, {"feature": features, "probabilities": probabilities},
+                              tasks=variant.tasks, window=window, windowed=["probabilities"],
+                              batch_size=batch, training=True, balance="expr",
+                              drop_remainder=True, repeat=True)
+    if variant.va:
+        cache_ds = cache_ds.map(recipe._add_va_vector_label)
+    cached = training_model(recipe.build_model(config, schema), config)
+
+    # Recompute path: the same labels, frames decoded in memory.
+    frames = rng.uniform(0, 1, size=(batch, window, image_size, image_size, 3)).astype(np.float32)
+    _, labels = next(iter(cache_ds))
+    recompute_ds = tf.data.Dataset.from_tensors((frames, labels)).repeat()
+    recomputed = training_model(
+        RecomputedWindows(face, recipe.build_model(config, schema), window), config)
+
+    print("warming up (tracing both train steps) ...", flush=True)
+    timed_fit(cached, cache_ds, 3)
+    timed_fit(recomputed, recompute_ds, 1)
+    rates = {"cache": [], "recompute": []}
+    for round_ in range(args.rounds):
+        seconds = timed_fit(cached, cache_ds, cache_steps)
+        rates["cache"].append(cache_steps * batch / seconds)
+        seconds = timed_fit(recomputed, recompute_ds, args.steps)
+        rates["recompute"].append(args.steps * batch / seconds)
+        print(f"  round {round_ + 1}: cache {rates['cache'][-1]:.1f} windows/s, recompute "
+              f"{rates['recompute'][-1]:.2f} windows/s", flush=True)
+
+    forward = tf.function(lambda x: face(x, training=False))
+    flat = tf.constant(frames.reshape((-1, image_size, image_size, 3)))
+    forward(flat)
+    start = time.perf_counter()
+    forward(flat)
+    extraction = len(flat) / (time.perf_counter() - start)
+
+    cache_rate = statistics.median(rates["cache"])
+    recompute_rate = statistics.median(rates["recompute"])
+    print(f"\nTraining throughput, model {variant.number}, s = {window}, batch {batch} "
+          f"(median of {args.rounds} rounds):")
+    print(f"  {'from the feature cache':<44s} {cache_rate:10.1f} windows/s "
+          f"({cache_steps} steps per round)")
+    print(f"  {'recomputing the frozen CNN for every window':<44s} {recompute_rate:10.2f} windows/s "
+          f"({args.steps} steps per round, {batch * window} frames per step)")
+    print(f"  {'ratio':<44s} {cache_rate / recompute_rate:10.1f}x (target >= 10x)")
+    print(f"  {'face model forward (one-time cache cost)':<44s} {extraction:10.1f} frames/s "
+          f"(batch {len(flat)}, decoding not included)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
