@@ -18,8 +18,15 @@ def _demo_data(args):
         args.out, edition=args.edition, videos=args.videos, frames=args.frames, seed=args.seed
     )
     print(f"Wrote a synthetic Aff-Wild2 layout ({args.edition}) to {args.out}")
-    for key, value in summary.items():
-        print(f"  {key}: {value}")
+    print(f"  videos: {summary['videos_per_split']} ({len(summary['sources'])} mp4 sources), "
+          f"{summary['frames_per_video']} frames each, {summary['frames']} frames in all")
+    print(f"  frames without an image: {sum(summary['missing_images'].values())}")
+    per_task = {task: sum(task in tasks for tasks in summary["tasks"].values())
+                for task in ("va", "expr", "au")}
+    print(f"  videos annotated per task: {per_task}")
+    for key, path in summary["paths"].items():
+        if isinstance(path, str):
+            print(f"  {key}: {path}")
 
 
 def _index(args):

@@ -15,9 +15,10 @@ replicas). With `reduction="sum"` or `None` the plain per-replica mean is return
 """
 
 import keras
+import numpy as np
 from keras import ops
 
-from affectkit.labels import VA_MISSING
+from affectkit.labels import VA_MISSING, get_schema
 
 _EPSILON = 1e-7
 
@@ -97,6 +98,80 @@ def _smoothed_one_hot(labels, num_classes, label_smoothing, dtype):
     if label_smoothing:
         targets = targets * (1.0 - label_smoothing) + label_smoothing / num_classes
     return targets
+
+
+def au_positive_weights(au_labels):
+    """Per-AU positive weights: negatives / positives among the labelled entries.
+
+    As the `pos_weight` of PyTorch's `BCEWithLogitsLoss` (Haider et al. 2022); an AU with
+    no positive or no negative label gets 1.
+
+    Example:
+    >>> au_positive_weights([[1, 0], [0, -1], [0, 1]])
+    [2.0, 1.0]
+    """
+    au = np.asarray(au_labels, dtype=np.float64)
+    if au.ndim != 2:
+        raise ValueError(f"au_positive_weights: expected (frames, AUs) labels; got shape {au.shape}.")
+    positives = (au == 1).sum(axis=0)
+    negatives = (au == 0).sum(axis=0)
+    defined = (positives > 0) & (negatives > 0)
+    weights = np.where(defined, negatives / np.maximum(positives, 1), 1.0)
+    return [float(w) for w in weights]
+
+
+def expr_class_weights(expr_labels, num_classes):
+    """Per-class weights: the largest class count / the class count (labels -1 ignored).
+
+    The most frequent class gets 1, as in the weighted cross-entropy of Haider et al. 2022;
+    a class absent from the labels gets 1 (no row carries its weight).
+
+    Example:
+    >>> expr_class_weights([0, 0, 0, 1, -1, 2, 2], 4)
+    [1.0, 3.0, 1.5, 1.0]
+    """
+    labels = np.asarray(expr_labels).reshape(-1).astype(np.int64)
+    labels = labels[labels >= 0]
+    if labels.size and labels.max() >= num_classes:
+        raise ValueError(
+            f"expr_class_weights: label {labels.max()} for {num_classes} classes; expected "
+            f"labels in 0..{num_classes - 1} or -1."
+        )
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    if not counts.any():
+        return [1.0] * num_classes
+    weights = np.where(counts > 0, counts.max() / np.maximum(counts, 1), 1.0)
+    return [float(w) for w in weights]
+
+
+def resolve_loss_weights(config, train_labels, schema):
+    """`config["au_pos_weights"]` and `config["expr_class_weights"]` resolved for
+    `MaskedBinaryCrossentropy(pos_weights=)` and `MaskedCategoricalCrossentropy(class_weights=)`:
+    `"auto"` computes them from the training labels (`au_positive_weights`,
+    `expr_class_weights`), `None` (or absent) is unweighted, a list is taken as given.
+
+    Returns:
+        `{"au_pos_weights": list | None, "expr_class_weights": list | None}`.
+    """
+    schema = get_schema(schema)
+    resolved = {}
+    for key, compute, size in (
+        ("au_pos_weights", lambda: au_positive_weights(train_labels["au"]), schema.num_aus),
+        ("expr_class_weights",
+         lambda: expr_class_weights(train_labels["expr"], schema.num_expressions),
+         schema.num_expressions),
+    ):
+        value = config.get(key)
+        if isinstance(value, str):
+            if value != "auto":
+                raise ValueError(f"{key}={value!r}: expected 'auto', None or {size} numbers.")
+            value = compute()
+        elif value is not None:
+            value = [float(v) for v in value]
+            if len(value) != size:
+                raise ValueError(f"{key}: {len(value)} numbers, expected {size} ({schema.edition}).")
+        resolved[key] = value
+    return resolved
 
 
 @keras.saving.register_keras_serializable(package="affectkit")

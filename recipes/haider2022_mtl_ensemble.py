@@ -275,74 +275,6 @@ def attention_model(network):
 # --------------------------------------------------------------------------- losses
 
 
-def au_positive_weights(au_labels):
-    """Per-AU positive weights: negatives / positives among the labelled entries.
-
-    As the `pos_weight` of the authors' `BCEWithLogitsLoss`; an AU with no positive or no
-    negative label gets 1.
-
-    Example:
-    >>> au_positive_weights([[1, 0], [0, -1], [0, 1]])
-    [2.0, 1.0]
-    """
-    au = np.asarray(au_labels, dtype=np.float64)
-    if au.ndim != 2:
-        raise ValueError(f"au_positive_weights: expected (frames, AUs) labels; got shape {au.shape}.")
-    positives = (au == 1).sum(axis=0)
-    negatives = (au == 0).sum(axis=0)
-    defined = (positives > 0) & (negatives > 0)
-    weights = np.where(defined, negatives / np.maximum(positives, 1), 1.0)
-    return [float(w) for w in weights]
-
-
-def expr_class_weights(expr_labels, num_classes):
-    """Per-class weights: the largest class count / the class count (labels -1 ignored).
-
-    The most frequent class gets 1, as in the authors' weighted cross-entropy; a class
-    absent from the labels gets 1 (no row carries its weight).
-
-    Example:
-    >>> expr_class_weights([0, 0, 0, 1, -1, 2, 2], 4)
-    [1.0, 3.0, 1.5, 1.0]
-    """
-    labels = np.asarray(expr_labels).reshape(-1).astype(np.int64)
-    labels = labels[labels >= 0]
-    if labels.size and labels.max() >= num_classes:
-        raise ValueError(
-            f"expr_class_weights: label {labels.max()} for {num_classes} classes; expected "
-            f"labels in 0..{num_classes - 1} or -1."
-        )
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    if not counts.any():
-        return [1.0] * num_classes
-    weights = np.where(counts > 0, counts.max() / np.maximum(counts, 1), 1.0)
-    return [float(w) for w in weights]
-
-
-def resolve_loss_weights(config, train_labels, schema):
-    """The positive and class weights of a config (`"auto"`: from the training labels,
-    `None`: unweighted, or explicit lists); returns `{"au_pos_weights", "expr_class_weights"}`."""
-    schema = get_schema(schema)
-    resolved = {}
-    for key, compute, size in (
-        ("au_pos_weights", lambda: au_positive_weights(train_labels["au"]), schema.num_aus),
-        ("expr_class_weights",
-         lambda: expr_class_weights(train_labels["expr"], schema.num_expressions),
-         schema.num_expressions),
-    ):
-        value = config.get(key)
-        if isinstance(value, str):
-            if value != "auto":
-                raise ValueError(f"{key}={value!r}: expected 'auto', None or {size} numbers.")
-            value = compute()
-        elif value is not None:
-            value = [float(v) for v in value]
-            if len(value) != size:
-                raise ValueError(f"{key}: {len(value)} numbers, expected {size} ({schema.edition}).")
-        resolved[key] = value
-    return resolved
-
-
 def build_losses(au_pos_weights=None, expr_class_weights=None):
     """The paper's masked losses: VA 1 - CCC (weighted by `LOSS_WEIGHTS` into the sum over
     both dimensions), weighted expression cross-entropy, weighted AU binary cross-entropy."""
@@ -404,7 +336,7 @@ def train(config, data, out):
     val_index = load_index(data, schema, "val", config["annotations"])
     train_labels = label_arrays(train_index, TASKS)
     val_labels = label_arrays(val_index, TASKS)
-    weights = resolve_loss_weights(config, train_labels, schema)
+    weights = affect_losses.resolve_loss_weights(config, train_labels, schema)
     train_ds = _dataset(train_index, config, training=True)
     val_ds = _dataset(val_index, config)
 

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import pytest
 
+from affectkit import losses as affect_losses
 from affectkit import metrics
 from affectkit.data.pipeline import label_arrays
 from affectkit.labels import get_schema
@@ -102,18 +103,18 @@ def test_loss_weights_match_numpy(recipe, demo_root):
     counts = np.array([np.sum(labels["expr"] == c) for c in range(8)], dtype=float)
     expected_class = [counts.max() / c if c else 1.0 for c in counts]
 
-    weights = recipe.resolve_loss_weights(recipe.PRESETS["paper"], labels, schema)
+    weights = affect_losses.resolve_loss_weights(recipe.PRESETS["paper"], labels, schema)
     np.testing.assert_allclose(weights["au_pos_weights"], expected_pos, rtol=1e-12)
     np.testing.assert_allclose(weights["expr_class_weights"], expected_class, rtol=1e-12)
     assert min(weights["expr_class_weights"]) == 1.0
 
-    assert recipe.au_positive_weights([[1, 0], [0, -1], [0, 1], [-1, 1]]) == [2.0, 0.5]
-    assert recipe.expr_class_weights([0, 0, 0, 1, -1, 2, 2], 4) == [1.0, 3.0, 1.5, 1.0]
-    unweighted = recipe.resolve_loss_weights(
+    assert affect_losses.au_positive_weights([[1, 0], [0, -1], [0, 1], [-1, 1]]) == [2.0, 0.5]
+    assert affect_losses.expr_class_weights([0, 0, 0, 1, -1, 2, 2], 4) == [1.0, 3.0, 1.5, 1.0]
+    unweighted = affect_losses.resolve_loss_weights(
         dict(recipe.PRESETS["paper"], au_pos_weights=None, expr_class_weights=None), labels, schema)
     assert unweighted == {"au_pos_weights": None, "expr_class_weights": None}
     with pytest.raises(ValueError, match="expected 12"):
-        recipe.resolve_loss_weights(dict(recipe.PRESETS["paper"], au_pos_weights=[1.0]),
+        affect_losses.resolve_loss_weights(dict(recipe.PRESETS["paper"], au_pos_weights=[1.0]),
                                     labels, schema)
 
     losses = recipe.build_losses(**weights)
