@@ -1,4 +1,4 @@
-# `make demo`: set up, generate the synthetic demo data, train MTANet, evaluate, export.
+# `make demo`: set up, generate the synthetic demo data (96 videos x 60 frames), train MTANet, evaluate, export.
 # `make test`: set up and run the default test suite (long tests: `make test-slow`).
 PYTHON ?= python3
 VENV := .venv

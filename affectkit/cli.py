@@ -8,6 +8,7 @@ import argparse
 import os
 import sys
 
+from affectkit.data.synthetic import DEMO_DEFAULTS
 from affectkit.labels import EDITIONS
 
 
@@ -15,7 +16,8 @@ def _demo_data(args):
     from affectkit.data.synthetic import write_demo_dataset
 
     summary = write_demo_dataset(
-        args.out, edition=args.edition, videos=args.videos, frames=args.frames, seed=args.seed
+        args.out, edition=args.edition, videos=args.videos, frames=args.frames, seed=args.seed,
+        fps=args.fps,
     )
     print(f"Wrote a synthetic Aff-Wild2 layout ({args.edition}) to {args.out}")
     print(f"  videos: {summary['videos_per_split']} ({len(summary['sources'])} mp4 sources), "
@@ -62,7 +64,6 @@ def _feature_model(args):
         if args.weights:
             raise ValueError(f"--weights applies to backbone names; {args.model} is a model "
                              "file that holds its own weights.")
-        import affectkit  # noqa: F401 - registers affectkit's layers before loading
         from affectkit.models.backbones import model_file_backbone
 
         size = args.image_size
@@ -131,8 +132,13 @@ def build_parser():
     )
     demo.add_argument("--out", required=True, help="folder to write")
     demo.add_argument("--edition", default="abaw3", choices=EDITIONS)
-    demo.add_argument("--videos", type=int, default=8)
-    demo.add_argument("--frames", type=int, default=240, help="frames per video")
+    demo.add_argument("--videos", type=int, default=DEMO_DEFAULTS["videos"],
+                      help="face tracks; about a quarter are validation (default %(default)s)")
+    demo.add_argument("--frames", type=int, default=DEMO_DEFAULTS["frames"],
+                      help="frames per video (default %(default)s)")
+    demo.add_argument("--fps", type=float, default=DEMO_DEFAULTS["fps"],
+                      help="frame rate (default %(default)s: several expressions per video, so "
+                           "that a model must read expressions, not recognise identities)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo_data)
 

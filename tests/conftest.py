@@ -27,3 +27,13 @@ def demo_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo") / "data"
     write_demo_dataset(str(root), edition="abaw3", videos=6, frames=40, seed=3)
     return str(root)
+
+
+@pytest.fixture(scope="session")
+def default_demo_root(tmp_path_factory):
+    """The demo data of `make demo` (`affectkit demo-data` defaults, ABAW3), for slow tests."""
+    from affectkit.data.synthetic import DEMO_DEFAULTS, write_demo_dataset
+
+    root = tmp_path_factory.mktemp("default_demo") / "data"
+    write_demo_dataset(str(root), edition="abaw3", write_videos=False, **DEMO_DEFAULTS)
+    return str(root)

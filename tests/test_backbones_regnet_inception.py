@@ -74,7 +74,7 @@ def test_bad_hyperparameters_are_rejected():
         regnet.regnet((32, 32, 3), **{**TINY, "depths": (1, 1)})
     with pytest.raises(ValueError, match="pooling"):
         regnet.regnet((32, 32, 3), pooling="mean", **TINY)
-    with pytest.raises(ValueError, match="Unknown RegNet preset"):
+    with pytest.raises(ValueError, match="Unknown preset .regnety_2gf"):
         regnet.build_preset("regnety_2gf")
 
 

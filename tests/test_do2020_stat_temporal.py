@@ -15,9 +15,8 @@ from affectkit.data.affwild2 import FrameIndex
 from affectkit.models.layers.temporal import StackedBiLSTM, StatPooling
 from affectkit.training.multitask_model import MultiTaskModel
 from tests.keras_checks import assert_reloads_in_fresh_process
-from tests.test_zhang2020_mtanet import load_recipe
+from recipes import do2020_stat_temporal as recipe
 
-recipe = load_recipe("do2020_stat_temporal")
 
 TINY_FACE = {"depths": (1, 1, 1, 1), "stem_width": 8, "widths": (16, 32, 64, 128)}
 

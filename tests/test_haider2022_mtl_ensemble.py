@@ -14,7 +14,7 @@ from affectkit import metrics
 from affectkit.data.pipeline import label_arrays
 from affectkit.labels import get_schema
 from tests.keras_checks import assert_reloads_in_fresh_process
-from tests.test_zhang2020_mtanet import load_recipe
+from recipes import haider2022_mtl_ensemble
 
 TINY_BACKBONE = {"depths": (1, 1), "stem_width": 8, "widths": (16, 32),
                  "bottleneck_widths": (4, 8)}
@@ -22,7 +22,7 @@ TINY_BACKBONE = {"depths": (1, 1), "stem_width": 8, "widths": (16, 32),
 
 @pytest.fixture(scope="module")
 def recipe():
-    return load_recipe("haider2022_mtl_ensemble")
+    return haider2022_mtl_ensemble
 
 
 def tiny_config(recipe, **overrides):

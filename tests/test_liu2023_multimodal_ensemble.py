@@ -2,7 +2,6 @@
 against NumPy, the state carried over segments, folds, the vote, and end-to-end runs."""
 
 import copy
-import importlib.util
 import json
 import os
 
@@ -12,18 +11,10 @@ import pandas as pd
 import pytest
 
 from affectkit.data.affwild2 import FrameIndex
-from tests.keras_checks import REPO_ROOT, assert_reloads_in_fresh_process
+from recipes import liu2023_multimodal_ensemble as liu
+from tests.keras_checks import assert_reloads_in_fresh_process
 
 
-def load_recipe(name):
-    path = os.path.join(REPO_ROOT, "recipes", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-liu = load_recipe("liu2023_multimodal_ensemble")
 
 TINY_EXTRACTOR = {"model": "regnetx_400mf", "image_size": 32, "weights": None, "layer": None,
                   "overrides": {"depths": (1, 1, 1, 1), "widths": (8, 16, 24, 32),

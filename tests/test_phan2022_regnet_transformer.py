@@ -3,7 +3,6 @@ computation, the configured focal loss against NumPy, sequence-shaped validation
 against scikit-learn, fresh-process safe-mode reload and an end-to-end recipe run."""
 
 import copy
-import importlib.util
 import json
 import os
 import zipfile
@@ -20,22 +19,12 @@ from affectkit.data.affwild2 import FrameIndex, annotation_dir, write_annotation
 from affectkit.labels import get_schema
 from affectkit.models.backbones import regnet
 from affectkit.models.layers import SelfAttentionBlock, TransformerEncoder
-from tests.keras_checks import REPO_ROOT, assert_reloads_in_fresh_process
+from recipes import phan2022_regnet_transformer as recipe
+from tests.keras_checks import assert_reloads_in_fresh_process
 
 SCHEMA = get_schema("abaw3")
 TINY_BACKBONE = {"depths": (1, 1, 1, 1), "widths": (8, 16, 24, 32), "group_width": 8,
                  "stem_width": 8}
-
-
-def load_recipe():
-    path = os.path.join(REPO_ROOT, "recipes", "phan2022_regnet_transformer.py")
-    spec = importlib.util.spec_from_file_location("phan2022_regnet_transformer", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = load_recipe()
 
 
 def tiny_config(**overrides):
@@ -268,11 +257,8 @@ def test_cli_help_lists_the_recipe_options(capsys):
 
 
 @pytest.mark.slow
-def test_cpu_demo_beats_the_majority_class(tmp_path):
-    """The cpu_demo preset on `affectkit demo-data --videos 24 --frames 120` (minutes)."""
-    from affectkit.data.synthetic import write_demo_dataset
-
-    data = str(tmp_path / "data")
-    write_demo_dataset(data, edition="abaw3", videos=24, frames=120)
-    report = recipe.train(copy.deepcopy(recipe.PRESETS["cpu_demo"]), data, str(tmp_path / "run"))
+def test_cpu_demo_beats_the_majority_class(default_demo_root, tmp_path):
+    """The cpu_demo preset on the default demo data (minutes)."""
+    report = recipe.train(copy.deepcopy(recipe.PRESETS["cpu_demo"]), default_demo_root,
+                          str(tmp_path / "run"))
     assert report["validation"]["expr_f1"] > report["chance_baselines"]["expr"]["score"]

@@ -1,7 +1,6 @@
 """MTANet (zhang2020_mtanet): tiny model build, safe-mode reload, end-to-end recipe, resume."""
 
 import copy
-import importlib.util
 import json
 import os
 import signal
@@ -15,17 +14,10 @@ import pandas as pd
 import pytest
 
 from affectkit.models.builders import mtanet
+from recipes import zhang2020_mtanet
 from tests.keras_checks import REPO_ROOT, assert_reloads_in_fresh_process
 
 TINY_BACKBONE = {"depths": (1, 1, 1, 1), "stem_width": 8, "widths": (16, 32, 64, 128)}
-
-
-def load_recipe(name):
-    path = os.path.join(REPO_ROOT, "recipes", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def tiny_config(recipe, **overrides):
@@ -54,7 +46,7 @@ def test_tiny_mtanet_outputs_and_fresh_process_reload(backbone, tmp_path):
 
 
 def test_recipe_end_to_end(demo_root, tmp_path):
-    recipe = load_recipe("zhang2020_mtanet")
+    recipe = zhang2020_mtanet
     out = str(tmp_path / "run")
     report = recipe.train(tiny_config(recipe), demo_root, out)
     for name in ("model.keras", "metrics.json", "history.csv", "learning_curves.png",
@@ -82,7 +74,7 @@ def test_killed_run_resumes_when_rerun(demo_root, tmp_path):
         import sys
         sys.path.insert(0, {REPO_ROOT!r})
         from tests.test_zhang2020_mtanet import load_recipe, tiny_config
-        recipe = load_recipe("zhang2020_mtanet")
+        recipe = zhang2020_mtanet
         recipe.train(tiny_config(recipe, stage1_epochs=4, stage2_epochs=1), {demo_root!r}, {out!r})
     """))
     env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="2", CI="1")
@@ -114,3 +106,14 @@ def test_killed_run_resumes_when_rerun(demo_root, tmp_path):
     # No epoch of stage 1 ran twice: epochs 0..3 each appear once.
     assert sorted(stage1["epoch"]) == [0, 1, 2, 3]
     assert rows_before >= 1
+
+
+@pytest.mark.slow
+def test_cpu_demo_beats_every_chance_baseline(default_demo_root, tmp_path):
+    """`make demo`'s training (cpu_demo preset on the default demo data, minutes)."""
+    recipe = zhang2020_mtanet
+    report = recipe.train(copy.deepcopy(recipe.PRESETS["cpu_demo"]), default_demo_root,
+                          str(tmp_path / "run"))
+    for task in ("va", "expr", "au"):
+        model, chance = report["validation"][f"{task}_score"], report["chance_baselines"][task]["score"]
+        assert model > chance + 0.05, (task, model, chance)

@@ -24,7 +24,6 @@ Usage:
 """
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -47,17 +46,10 @@ MODES = {"eager": dict(run_eagerly=True), "graph": dict(jit_compile=False),
          "xla": dict(jit_compile=True)}
 
 
-def load_recipe(name):
-    path = os.path.join(REPO_ROOT, "recipes", name + ".py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def haider2022(schema, batch, scale, rng):
     """(network, losses, loss_weights, optimizer factory, inputs, labels, images per step)."""
-    recipe = load_recipe("haider2022_mtl_ensemble")
+    from recipes import haider2022_mtl_ensemble as recipe
+
     config = dict(recipe.PRESETS["paper"])
     config["image_size"] = int(round(config["image_size"] * scale))
     network = recipe.build_model(config, schema)
@@ -77,7 +69,8 @@ def haider2022(schema, batch, scale, rng):
 
 
 def phan2022(schema, sequences, scale, rng):
-    recipe = load_recipe("phan2022_regnet_transformer")
+    from recipes import phan2022_regnet_transformer as recipe
+
     config = dict(recipe.PRESETS["paper"])
     config["image_size"] = int(round(config["image_size"] * scale))
     network = recipe.build_model(config, schema)

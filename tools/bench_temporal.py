@@ -27,7 +27,6 @@ Usage:
 """
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -48,17 +47,9 @@ from affectkit.data.affwild2 import FrameIndex, frame_columns  # noqa: E402
 from affectkit.data.sequences import window_dataset  # noqa: E402
 from affectkit.labels import get_schema  # noqa: E402
 from affectkit.training.multitask_model import MultiTaskModel  # noqa: E402
+from recipes import do2020_stat_temporal as recipe  # noqa: E402
 
 
-def load_recipe():
-    path = os.path.join(REPO_ROOT, "recipes", "do2020_stat_temporal.py")
-    spec = importlib.util.spec_from_file_location("do2020_stat_temporal", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-recipe = load_recipe()
 
 
 class RecomputedWindows(keras.Model):

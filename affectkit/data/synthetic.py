@@ -138,6 +138,11 @@ AUDIO_SAMPLE_RATE = 16000
 MISSING_IMAGE_RATE = 0.03
 MISSING_LABEL_RATE = 0.025
 
+# The demo data of `affectkit demo-data` and `make demo`: 96 videos of 6 s (60 frames at
+# 10 fps), so that each face shows several expressions and a model trained from scratch
+# must read expressions rather than recognise identities.
+DEMO_DEFAULTS = {"videos": 96, "frames": 60, "fps": 10.0}
+
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
 _ONE = 1 << _SHIFT
 _AA = cv2.LINE_AA

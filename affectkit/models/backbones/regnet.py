@@ -41,7 +41,12 @@ import math
 import keras
 import numpy as np
 
-from affectkit.models.backbones.senet import BN_EPSILON, BN_MOMENTUM, load_weights_file
+from affectkit.models.backbones.senet import (
+    BN_EPSILON,
+    BN_MOMENTUM,
+    load_weights_file,
+    preset_config,
+)
 
 POOLINGS = (None, "avg", "max")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -406,16 +411,7 @@ def build_preset(name, **overrides):
     backbone = build_preset("regnety_1.6gf", input_shape=(112, 112, 3), pooling="avg")
     ```
     """
-    return regnet(**_preset_config(name, overrides))
-
-
-def _preset_config(name, overrides):
-    if name not in PRESETS:
-        raise ValueError(f"Unknown RegNet preset {name!r}; choose one of {sorted(PRESETS)}.")
-    overrides = dict(overrides)
-    config = {**PRESETS[name], "name": overrides.pop("model_name", name)}
-    config.update(overrides)
-    return config
+    return regnet(**preset_config(PRESETS, name, overrides))
 
 
 def count_params(preset, input_shape=(224, 224, 3), include_top=True, trainable_only=False,
@@ -440,7 +436,7 @@ def count_params(preset, input_shape=(224, 224, 3), include_top=True, trainable_
     ```
     """
     if isinstance(preset, str):
-        config = _preset_config(preset, overrides)
+        config = preset_config(PRESETS, preset, overrides)
     else:
         config = {**preset, **overrides}
     config = {**_defaults(), **config}

@@ -379,14 +379,16 @@ def build_preset(name, **overrides):
     classifier = build_preset("resnext50", input_shape=(224, 224, 3), include_top=True)
     ```
     """
-    return bottleneck_resnet(**_preset_config(name, overrides))
+    return bottleneck_resnet(**preset_config(PRESETS, name, overrides))
 
 
-def _preset_config(name, overrides):
-    if name not in PRESETS:
-        raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}.")
+def preset_config(presets, name, overrides):
+    """The builder arguments of `presets[name]` with `overrides` applied; the model is
+    named after the preset unless `overrides` has a `model_name`."""
+    if name not in presets:
+        raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(presets)}.")
     overrides = dict(overrides)
-    config = {**PRESETS[name], "name": overrides.pop("model_name", name)}
+    config = {**presets[name], "name": overrides.pop("model_name", name)}
     config.update(overrides)
     return config
 
@@ -413,7 +415,7 @@ def count_params(preset, input_shape=(224, 224, 3), include_top=True, trainable_
     ```
     """
     if isinstance(preset, str):
-        config = _preset_config(preset, overrides)
+        config = preset_config(PRESETS, preset, overrides)
     else:
         config = {**preset, **overrides}
     config = {**_defaults(), **config, "input_shape": input_shape, "include_top": include_top}
