@@ -61,10 +61,8 @@ def haider2022(schema, batch, scale, rng):
     weights = affect_losses.resolve_loss_weights(
         dict(config, au_pos_weights="auto", expr_class_weights="auto"), y, schema)
 
-    def optimizer():
-        return keras.optimizers.SGD(config["learning_rate"], momentum=config["momentum"])
-
-    return (network, recipe.build_losses(**weights), recipe.LOSS_WEIGHTS, optimizer, x, y,
+    return (network, recipe.build_losses(**weights), recipe.LOSS_WEIGHTS,
+            lambda: recipe.build_optimizer(config), x, y,
             batch, f"{size}x{size}, batch {batch} images")
 
 
