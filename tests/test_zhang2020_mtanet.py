@@ -73,8 +73,8 @@ def test_killed_run_resumes_when_rerun(demo_root, tmp_path):
     script.write_text(textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {REPO_ROOT!r})
-        from tests.test_zhang2020_mtanet import load_recipe, tiny_config
-        recipe = zhang2020_mtanet
+        from recipes import zhang2020_mtanet as recipe
+        from tests.test_zhang2020_mtanet import tiny_config
         recipe.train(tiny_config(recipe, stage1_epochs=4, stage2_epochs=1), {demo_root!r}, {out!r})
     """))
     env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="2", CI="1")
