@@ -142,9 +142,9 @@ PAPER = {
 
 PRESETS = {
     "paper": PAPER,
-    # Trains from scratch on the synthetic demo data (`affectkit demo-data --edition abaw1
-    # --videos 24 --frames 120`) in a few minutes on 2 CPU cores. Without pretrained weights
-    # every layer of the tiny face model is trained.
+    # Trains from scratch on the default demo data (`affectkit demo-data --edition abaw1`)
+    # in about a minute on 2 CPU cores. Without pretrained weights every layer of the tiny
+    # face model is trained.
     "cpu_demo": dict(
         PAPER,
         image_size=64,

@@ -100,8 +100,8 @@ PAPER = {
 
 PRESETS = {
     "paper": PAPER,
-    # A tiny RegNet at 64 px over 32-frame sequences: trains from scratch on
-    # `affectkit demo-data --videos 24 --frames 120` in a few minutes on 2 CPU cores.
+    # A tiny RegNet at 64 px over 32-frame sequences: trains from scratch on the default
+    # demo data (`affectkit demo-data`) in about 2 minutes on 2 CPU cores.
     "cpu_demo": dict(
         PAPER,
         image_size=64,

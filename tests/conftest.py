@@ -35,5 +35,5 @@ def default_demo_root(tmp_path_factory):
     from affectkit.data.synthetic import DEMO_DEFAULTS, write_demo_dataset
 
     root = tmp_path_factory.mktemp("default_demo") / "data"
-    write_demo_dataset(str(root), edition="abaw3", write_videos=False, **DEMO_DEFAULTS)
+    write_demo_dataset(str(root), edition="abaw3", **DEMO_DEFAULTS)
     return str(root)

@@ -200,3 +200,14 @@ def test_help_lists_the_variants(capsys):
     text = capsys.readouterr().out
     for name in recipe.VARIANTS:
         assert name in text
+
+
+@pytest.mark.slow
+def test_cpu_demo_temporal_variant_beats_chance(default_demo_root, tmp_path):
+    """Model 6 (STAT + LSTM) of the cpu_demo preset on the default demo data (minutes)."""
+    config = dict(copy.deepcopy(recipe.PRESETS["cpu_demo"]), edition="abaw3",
+                  variant="emotion_va_frame_lstm")
+    report = recipe.train(config, default_demo_root, str(tmp_path / "m6"))
+    for task in ("va", "expr"):
+        model, chance = report["validation"][f"{task}_score"], report["chance_baselines"][task]["score"]
+        assert model > chance + 0.05, (task, model, chance)

@@ -208,3 +208,15 @@ def test_help_and_bad_view(recipe, capsys):
     assert "--ensemble" in capsys.readouterr().out
     with pytest.raises(ValueError, match="cropped_aligned"):
         recipe._view({"view": "aligned"})
+
+
+@pytest.mark.slow
+def test_cpu_demo_beats_every_chance_baseline(default_demo_root, tmp_path):
+    """The cpu_demo preset, aligned view, on the default demo data (minutes)."""
+    recipe = haider2022_mtl_ensemble
+    config = dict(copy.deepcopy(recipe.PRESETS["cpu_demo"]), view="cropped_aligned",
+                  attention_maps=0)
+    report = recipe.train(config, default_demo_root, str(tmp_path / "run"))
+    for task in ("va", "expr", "au"):
+        model, chance = report["validation"][f"{task}_score"], report["chance_baselines"][task]["score"]
+        assert model > chance + 0.05, (task, model, chance)

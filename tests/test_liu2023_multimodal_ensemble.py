@@ -283,3 +283,11 @@ def test_lstm_run_and_a_vote_ensemble_of_two_runs(demo_root, demo_caches, tmp_pa
     assert result["ensemble"]["f1"] == pytest.approx(metrics.expr_metrics(labels, voted, 8)["f1"])
     assert result["official"]["f1"] == pytest.approx(result["ensemble"]["f1"])
     assert len(result["members"]) == 2
+
+
+@pytest.mark.slow
+def test_cpu_demo_lstm_beats_the_majority_class(default_demo_root, tmp_path):
+    """The cpu_demo preset (its own visual and log-mel caches) on the default demo data."""
+    config = dict(copy.deepcopy(liu.PRESETS["cpu_demo"]), encoder="lstm")
+    report = liu.train(config, default_demo_root, str(tmp_path / "lstm"))
+    assert report["validation"]["score"] > report["chance_baselines"]["expr"]["score"] + 0.05
