@@ -52,7 +52,9 @@ def _scale_for_replicas(value):
 
 
 class _MaskedLoss(keras.losses.Loss):
-    """Base class: subclasses implement `masked_mean(y_true, y_pred, row_weights_fn)`."""
+    """Base class of the masked losses: subclasses implement `call(y_true, y_pred,
+    sample_weight)` over the labelled rows; the result is scaled for `tf.distribute` replicas
+    like Keras' own losses."""
 
     def __init__(self, name=None, reduction="sum_over_batch_size", dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
@@ -65,9 +67,6 @@ class _MaskedLoss(keras.losses.Loss):
             if self.reduction in ("sum_over_batch_size", "mean", "mean_with_sample_weight"):
                 value = _scale_for_replicas(value)
             return value
-
-    def call(self, y_true, y_pred, sample_weight=None):
-        raise NotImplementedError
 
 
 def _class_rows(y_true, y_pred, sample_weight, class_axis_rank=1):
