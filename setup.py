@@ -19,6 +19,11 @@ setup(
         "imageio-ffmpeg>=0.5,<1",
         "mtcnn>=1.0,<2",
     ],
-    extras_require={"test": ["pytest>=8", "scikit-image>=0.22"]},
+    extras_require={
+        # eGeMAPS audio features (`affectkit extract-features --model egemaps`), where
+        # opensmile has a wheel (Linux, macOS, Windows on x86-64).
+        "audio": ["opensmile>=2.5,<3"],
+        "test": ["pytest>=8", "scikit-image>=0.22", "opensmile>=2.5,<3"],
+    },
     entry_points={"console_scripts": ["affectkit=affectkit.cli:main"]},
 )
