@@ -61,6 +61,7 @@ PAPER = {
     # Frames and sequences.
     "image_size": 112,
     "sequence_length": 64,
+    "train_stride": None,  # frames between training sequence starts; None: no overlap
     # Backbone: a RegNet preset (with overrides), or any Keras model file cut at a layer.
     "backbone": "regnety_1.6gf",
     "backbone_config": {},
@@ -106,6 +107,7 @@ PRESETS = {
         PAPER,
         image_size=64,
         sequence_length=32,
+        train_stride=8,  # overlapping training sequences: 4x as many from the demo's videos
         backbone_config={"depths": (1, 1, 1, 1), "widths": (16, 32, 48, 64),
                          "group_width": 8, "stem_width": 16},
         batch_size=4,
@@ -241,8 +243,9 @@ def build_optimizer(config):
 # ----------------------------------------------------------------------------- data
 
 
-def sequence_segments(index, length, frames="labelled"):
-    """Non-overlapping chunks of `length` frames of each video, for training or prediction.
+def sequence_segments(index, length, frames="labelled", stride=None):
+    """Chunks of `length` frames of each video, `stride` apart (default: non-overlapping),
+    for training or prediction.
 
     Args:
         index: `FrameIndex` (rows sorted by video then frame).
@@ -251,6 +254,7 @@ def sequence_segments(index, length, frames="labelled"):
             (the paper's training and validation sequences; the chunks skip the other
             frames); `"all"`: every frame with an image to read, its own or the nearest
             one of an index built with `fill_missing_images=True` (for prediction).
+        stride: frames between chunk starts, 1..length; default `length`.
     Returns:
         `(kept, segments)`: the `FrameIndex` of the kept rows, and the
         `affectkit.data.sequences.Segments` over its rows. The last chunk of a video is
@@ -270,7 +274,7 @@ def sequence_segments(index, length, frames="labelled"):
             "expected some (check the annotation folders and cropped_aligned/)."
         )
     kept = FrameIndex(table[keep].reset_index(drop=True), index.schema, index.root)
-    return kept, segment_indices(kept.frames["video"].to_numpy(), length)
+    return kept, segment_indices(kept.frames["video"].to_numpy(), length, stride)
 
 
 def sequence_labels(kept, segments):
@@ -392,7 +396,8 @@ def train(config, data, out):
     keras.utils.set_random_seed(config["seed"])
     length = config["sequence_length"]
     train_kept, train_segments = sequence_segments(
-        FrameIndex.from_affwild2(data, schema, "train", tasks=TASKS), length)
+        FrameIndex.from_affwild2(data, schema, "train", tasks=TASKS), length,
+        stride=config["train_stride"])
     val_kept, val_segments = sequence_segments(
         FrameIndex.from_affwild2(data, schema, "val", tasks=TASKS), length)
     common = dict(image_size=config["image_size"], batch_size=config["batch_size"])

@@ -289,5 +289,7 @@ def test_lstm_run_and_a_vote_ensemble_of_two_runs(demo_root, demo_caches, tmp_pa
 def test_cpu_demo_lstm_beats_the_majority_class(default_demo_root, tmp_path):
     """The cpu_demo preset (its own visual and log-mel caches) on the default demo data."""
     config = dict(copy.deepcopy(liu.PRESETS["cpu_demo"]), encoder="lstm")
+    config["features"] = liu.prepare_features(config, default_demo_root, str(tmp_path / "features"),
+                                              verbose=0)
     report = liu.train(config, default_demo_root, str(tmp_path / "lstm"))
     assert report["validation"]["score"] > report["chance_baselines"]["expr"]["score"] + 0.05
