@@ -1,0 +1,39 @@
+"""Smoke runs of the benchmark scripts in `tools/` at tiny sizes (they must keep working)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.keras_checks import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def run_tool(name, *args, exit_codes=(0,)):
+    result = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "tools", name), *args],
+                            capture_output=True, text=True, timeout=900,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode in exit_codes, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_bench_pipeline_prints_both_ratios():
+    # Exit status 1 says a target was missed, which a 256-frame run may well do.
+    out = run_tool("bench_pipeline.py", "--frames", "256", "--epochs", "1", "--aug-epochs", "1",
+                   exit_codes=(0, 1))
+    assert "pipeline/raw decode" in out and "pipeline/per-item" in out
+
+
+def test_bench_temporal_prints_the_cache_ratio():
+    out = run_tool("bench_temporal.py", "--image-size", "32", "--batch-size", "2", "--steps", "1",
+                   "--rounds", "1", "--window", "4")
+    assert "ratio" in out and "windows/s" in out
+
+
+def test_bench_models_prints_every_mode():
+    out = run_tool("bench_models.py", "--image-scale", "0.3", "--haider-batch", "2", "--steps", "1",
+                   "--rounds", "1", "--modes", "eager", "graph")
+    for name in ("haider2022", "phan2022"):
+        assert f"  {name} " in out
