@@ -108,8 +108,8 @@ PRESETS = {
     "paper": PAPER,
     # Trains from scratch on the default demo data (`affectkit demo-data`) in a few minutes
     # on 2 CPU cores: a 2-stage bottleneck ResNet (one block per stage) at 64 px gives an
-    # 8x8x128 map instead of InceptionV3's 17x17x768 at 299. Adam: SGD from scratch on this
-    # small network stays near chance within the demo's epochs.
+    # 8x8x128 map instead of InceptionV3's 17x17x768 at 299. Adam: the paper's SGD from
+    # scratch (with a 3-stage, 4x4 version) stayed near chance within the demo's epochs.
     "cpu_demo": dict(
         PAPER,
         edition="abaw3",
