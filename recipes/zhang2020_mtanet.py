@@ -50,19 +50,13 @@ PAPER = {
     "stage2_learning_rate": 1e-4,
     "stage2_weight_decay": 5e-3,
     "stage2_momentum": 0.9,
-    # Plain (unweighted) losses in the paper; "auto" weights AU positives and rare
-    # expression classes from the training labels (`affectkit.losses.resolve_loss_weights`).
-    "au_pos_weights": None,
-    "expr_class_weights": None,
     "seed": 0,
 }
 
 PRESETS = {
     "paper": PAPER,
     # Small enough to train from scratch on the default demo data (`affectkit demo-data`:
-    # 96 videos x 60 frames) in about 4 minutes on 2 CPU cores. AU positives are weighted
-    # (negatives / positives per AU): without pretrained features, plain BCE at threshold
-    # 0.5 stayed below the all-positive F1 baseline on an earlier, harder demo set.
+    # 96 videos x 60 frames) in about 4 minutes on 2 CPU cores.
     "cpu_demo": dict(
         PAPER,
         edition="abaw3",
@@ -76,7 +70,6 @@ PRESETS = {
         stage1_weight_decay=1e-4,
         stage2_epochs=2,
         stage2_learning_rate=1e-3,
-        au_pos_weights="auto",
     ),
 }
 
@@ -96,13 +89,12 @@ def build_model(config, schema):
     )
 
 
-def build_losses(au_pos_weights=None, expr_class_weights=None):
-    """The paper's losses: 1 - mean CCC, binary and categorical cross-entropy, all masked
-    (optionally weighted by AU positive and expression class weights)."""
+def build_losses():
+    """The paper's losses: 1 - mean CCC, binary and categorical cross-entropy, all masked."""
     return {
         "va": affect_losses.MaskedCCCLoss(),
-        "expr": affect_losses.MaskedCategoricalCrossentropy(class_weights=expr_class_weights),
-        "au": affect_losses.MaskedBinaryCrossentropy(pos_weights=au_pos_weights),
+        "expr": affect_losses.MaskedCategoricalCrossentropy(),
+        "au": affect_losses.MaskedBinaryCrossentropy(),
     }
 
 
@@ -120,8 +112,6 @@ def train(config, data, out):
     )
     val_ds = frame_dataset(val_index, **common)
     val_labels = label_arrays(val_index, TASKS)
-    train_labels = label_arrays(train_index, TASKS)
-    losses = build_losses(**affect_losses.resolve_loss_weights(config, train_labels, schema))
 
     trainer = Trainer(out, schema, TASKS, mixed_precision=config.get("mixed_precision", False),
                       jit_compile=config.get("jit_compile", False),
@@ -129,18 +119,19 @@ def train(config, data, out):
     with trainer.strategy.scope():
         network = build_model(config, schema)
     trainer.run_stage(
-        "stage1_sum", network, losses,
+        "stage1_sum", network, build_losses(),
         lambda: keras.optimizers.Adam(config["stage1_learning_rate"],
                                       weight_decay=config["stage1_weight_decay"]),
         train_ds, val_ds, val_labels, epochs=config["stage1_epochs"],
     )
     trainer.run_stage(
-        "stage2_uncertainty", network, losses,
+        "stage2_uncertainty", network, build_losses(),
         lambda: keras.optimizers.SGD(config["stage2_learning_rate"],
                                      momentum=config["stage2_momentum"],
                                      weight_decay=config["stage2_weight_decay"]),
         train_ds, val_ds, val_labels, epochs=config["stage2_epochs"], uncertainty=True,
     )
+    train_labels = label_arrays(train_index, TASKS)
     baselines = {
         task: metrics.chance_baselines(task, schema, train_labels[task], val_labels[task])
         for task in TASKS
