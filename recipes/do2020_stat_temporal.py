@@ -387,9 +387,7 @@ def train_face_model(config, data, face_dir):
     val_ds = frame_dataset(val_index, **common)
     val_labels = label_arrays(val_index, tasks)
 
-    trainer = Trainer(face_dir, schema, tasks, mixed_precision=config.get("mixed_precision", False),
-                      jit_compile=config.get("jit_compile", False),
-                      backup_every=config.get("backup_every", 50))
+    trainer = Trainer.from_config(face_dir, schema, tasks, config)
     with trainer.strategy.scope():
         face = build_face_model(config, schema)
         network = keras.Model(face.input, {"expr": face.get_layer("probabilities").output},
@@ -463,9 +461,7 @@ def train(config, data, out):
     tasks = variant.tasks
     train_ds, val_ds = window_datasets(config, cache, train_index, val_index)
     val_labels = label_arrays(val_index, tasks)
-    trainer = Trainer(out, schema, tasks, mixed_precision=config.get("mixed_precision", False),
-                      jit_compile=config.get("jit_compile", False),
-                      backup_every=config.get("backup_every", 50))
+    trainer = Trainer.from_config(out, schema, tasks, config)
     with trainer.strategy.scope():
         network = build_model(config, schema)
     trainer.run_stage(

@@ -354,9 +354,7 @@ def train(config, data, out):
     train_ds = _dataset(train_index, config, training=True)
     val_ds = _dataset(val_index, config)
 
-    trainer = Trainer(out, schema, TASKS, mixed_precision=config.get("mixed_precision", False),
-                      jit_compile=config.get("jit_compile", False),
-                      backup_every=config.get("backup_every", 50))
+    trainer = Trainer.from_config(out, schema, TASKS, config)
     with trainer.strategy.scope():
         network = build_model(config, schema)
     trainer.run_stage(

@@ -681,9 +681,7 @@ def train(config, data, out, fold=VALIDATION_FOLD):
     held_out_ds = make_dataset(splits.held_out, sources, config)
     held_out_labels = {"expr": slot_labels(splits.held_out, config)}
 
-    trainer = Trainer(out, schema, TASKS, mixed_precision=config.get("mixed_precision", False),
-                      jit_compile=config.get("jit_compile", False),
-                      backup_every=config.get("backup_every", 50))
+    trainer = Trainer.from_config(out, schema, TASKS, config)
     if config["encoder"] == "lstm" and trainer.strategy.num_replicas_in_sync > 1:
         raise ValueError("The LSTM encoder carries its state per batch slot, which needs one "
                          "replica; expected a single-device strategy (use one GPU).")

@@ -410,9 +410,7 @@ def train(config, data, out):
           f"({int(train_segments.valid.sum())} frames), {len(val_segments)} for validation "
           f"({int(val_segments.valid.sum())} frames).")
 
-    trainer = Trainer(out, schema, TASKS, mixed_precision=config.get("mixed_precision", False),
-                      jit_compile=config.get("jit_compile", False),
-                      backup_every=config.get("backup_every", 50))
+    trainer = Trainer.from_config(out, schema, TASKS, config)
     with trainer.strategy.scope():
         network = build_model(config, schema)
     plateau = keras.callbacks.ReduceLROnPlateau(

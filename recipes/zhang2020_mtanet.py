@@ -113,9 +113,7 @@ def train(config, data, out):
     val_ds = frame_dataset(val_index, **common)
     val_labels = label_arrays(val_index, TASKS)
 
-    trainer = Trainer(out, schema, TASKS, mixed_precision=config.get("mixed_precision", False),
-                      jit_compile=config.get("jit_compile", False),
-                      backup_every=config.get("backup_every", 50))
+    trainer = Trainer.from_config(out, schema, TASKS, config)
     with trainer.strategy.scope():
         network = build_model(config, schema)
     trainer.run_stage(

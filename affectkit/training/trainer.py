@@ -136,6 +136,14 @@ class Trainer:
             keras.mixed_precision.set_dtype_policy("mixed_float16")
         self.strategy = strategy or default_strategy()
 
+    @classmethod
+    def from_config(cls, run_dir, schema, tasks, config):
+        """A trainer with a recipe config's run options: `mixed_precision`, `jit_compile`
+        (default False) and `backup_every` (default 50)."""
+        return cls(run_dir, schema, tasks, mixed_precision=config.get("mixed_precision", False),
+                   jit_compile=config.get("jit_compile", False),
+                   backup_every=config.get("backup_every", 50))
+
     @property
     def best_path(self):
         return os.path.join(self.state_dir, "best.keras")
