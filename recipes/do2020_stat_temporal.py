@@ -65,7 +65,7 @@ from affectkit.data.sequences import window_dataset  # noqa: E402
 from affectkit.evaluation import write_scores  # noqa: E402
 from affectkit.labels import get_schema  # noqa: E402
 from affectkit.models.backbones.resnet_vggface2 import do2020_face_model  # noqa: E402
-from affectkit.models.layers.temporal import StackedBiLSTM, StatPooling  # noqa: E402
+from affectkit.models.layers import StackedBiLSTM, StatPooling  # noqa: E402
 from affectkit.training.trainer import Trainer, predict_arrays  # noqa: E402
 
 RECIPE = "do2020_stat_temporal"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from affectkit.models.backbones import senet
-from affectkit.models.layers.attention import ChannelPooling
+from affectkit.models.layers.channel_pooling import ChannelPooling
 from tests.keras_checks import assert_reloads_in_fresh_process, check_layer
 
 # Tiny stand-ins for every preset: one block per stage, a few channels, 32x32 input.

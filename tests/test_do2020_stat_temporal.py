@@ -12,7 +12,7 @@ import pytest
 
 from affectkit import metrics
 from affectkit.data.affwild2 import FrameIndex
-from affectkit.models.layers.temporal import StackedBiLSTM, StatPooling
+from affectkit.models.layers import StackedBiLSTM, StatPooling
 from affectkit.training.multitask_model import MultiTaskModel
 from tests.keras_checks import assert_reloads_in_fresh_process
 from recipes import do2020_stat_temporal as recipe

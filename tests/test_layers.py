@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from affectkit.models.layers.region_attention import RegionAttention
-from affectkit.models.layers.temporal import (
+from affectkit.models.layers import (
     FusionBlock,
     SegmentLSTM,
     StackedBiLSTM,

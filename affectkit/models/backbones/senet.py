@@ -27,7 +27,7 @@ import warnings
 
 import keras
 
-from affectkit.models.layers.attention import ChannelPooling
+from affectkit.models.layers.channel_pooling import ChannelPooling
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9  # PyTorch's BatchNorm momentum 0.1

@@ -1,4 +1,4 @@
-"""Attention building blocks that standard Keras layers cannot express.
+"""Channel pooling for CBAM's spatial attention (Woo et al., ECCV 2018).
 
 Squeeze-and-excitation (Hu et al. 2018) and the channel half of CBAM (Woo et al. 2018) are
 built from core layers in `affectkit.models.backbones.senet`. The spatial half of CBAM needs
