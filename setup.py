@@ -24,6 +24,9 @@ setup(
         # opensmile has a wheel (Linux, macOS, Windows on x86-64).
         "audio": ["opensmile>=2.5,<3"],
         "test": ["pytest>=8", "scikit-image>=0.22", "opensmile>=2.5,<3"],
+        # tools/bench_backbones.py: the PyTorch counterparts of the backbones, timed side by
+        # side (torchvision and timm models; torchvision must match the torch build).
+        "bench": ["torch>=2.2,<3", "torchvision>=0.17,<1", "timm>=1.0,<2"],
     },
     entry_points={"console_scripts": ["affectkit=affectkit.cli:main"]},
 )

@@ -1,15 +1,23 @@
-"""The `affectkit` command line: `demo-data`, `index`, `evaluate`, `extract-features`.
+"""The `affectkit` command line.
 
-Each subcommand imports the modules it needs when it runs. (`import affectkit` itself
-loads TensorFlow, so that every custom object is registered for reloading models.)
+Every subcommand is one row of `COMMANDS`: its name, a help line, a function that adds
+its arguments and a function that runs it, importing what it needs only then. Adding a
+subcommand takes a row and those two functions. `--help`, `demo-data`, `index` and
+`evaluate` never import TensorFlow (`import affectkit` does not either).
+
+A command whose row says `uses_tensorflow` runs with TensorFlow's C++ start-up lines
+dropped from stderr (`affectkit.tensorflow_logs`) unless `--verbose` is given; errors and
+tracebacks always show. Bad input (a missing or malformed file) ends with one message
+naming the file and exit status 2.
 """
 
 import argparse
 import os
 import sys
+from typing import Callable, NamedTuple
 
-from affectkit.data.synthetic import DEMO_DEFAULTS
 from affectkit.labels import EDITIONS
+from affectkit.tensorflow_logs import quiet_tensorflow_logs
 
 
 def _demo_data(args):
@@ -46,7 +54,7 @@ def _index(args):
 
 
 def _evaluate(args):
-    from affectkit.evaluation import evaluate_files, format_scores, write_scores
+    from affectkit.evaluation.scoring import evaluate_files, format_scores, write_scores
 
     scores = evaluate_files(args.edition, args.task, args.gt, args.pred)
     print(f"ABAW {args.edition} {args.task} on {args.gt}")
@@ -76,7 +84,7 @@ def _feature_model(args):
         if args.layer:
             raise ValueError(f"--layer applies to model files; backbone {args.model!r} gives "
                              "its pooled last feature map.")
-        from affectkit.data.features import backbone_feature_model
+        from affectkit.features.extraction import backbone_feature_model
 
         weights = os.path.abspath(args.weights) if args.weights else None
         model = backbone_feature_model(args.model, args.image_size or 112, weights=weights)
@@ -94,7 +102,7 @@ def _extract_features(args):
         raise ValueError(f"--split {args.split} needs --edition (folder names differ by "
                          "edition); or use --split all.")
     if args.model in ("logmel", "egemaps"):
-        from affectkit.data.audio import extract_audio_features
+        from affectkit.features.audio import extract_audio_features
 
         try:
             summary = extract_audio_features(
@@ -105,7 +113,7 @@ def _extract_features(args):
             raise ValueError(str(error)) from error
         print(f"{args.model} features of {args.data} ({args.split}) in {summary['path']}")
     else:
-        from affectkit.data.features import extract_features
+        from affectkit.features.extraction import extract_features
 
         model, description, normalization = _feature_model(args)
         normalization = None if normalization == "none" else normalization
@@ -121,88 +129,247 @@ def _extract_features(args):
             print(f"  {key}: {summary[key]}")
 
 
+def _demo_data_arguments(parser):
+    from affectkit.data.synthetic import DEMO_DEFAULTS
+
+    parser.add_argument("--out", required=True, help="folder to write")
+    parser.add_argument("--edition", default="abaw3", choices=EDITIONS)
+    parser.add_argument("--videos", type=int, default=DEMO_DEFAULTS["videos"],
+                        help="face tracks; about a quarter are validation (default %(default)s)")
+    parser.add_argument("--frames", type=int, default=DEMO_DEFAULTS["frames"],
+                        help="frames per video (default %(default)s)")
+    parser.add_argument("--fps", type=float, default=DEMO_DEFAULTS["fps"],
+                        help="frame rate (default %(default)s: several expressions per video, "
+                             "so that a model must read expressions, not recognise identities)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _index_arguments(parser):
+    parser.add_argument("--root", required=True, help="Aff-Wild2 root folder")
+    parser.add_argument("--edition", required=True, choices=EDITIONS)
+    parser.add_argument("--split", required=True, choices=("train", "val"))
+    parser.add_argument("--fill-missing-images", action="store_true",
+                        help="use the nearest frame's image for frames without one")
+    parser.add_argument("--out", help="write the frame index as CSV")
+
+
+def _evaluate_arguments(parser):
+    parser.add_argument("--edition", required=True, choices=EDITIONS)
+    parser.add_argument("--task", required=True, choices=("va", "expr", "au", "mtl"))
+    parser.add_argument("--gt", required=True,
+                        help="annotation folder (va/expr/au) or MTL annotation file")
+    parser.add_argument("--pred", required=True,
+                        help="prediction folder (va/expr/au) or MTL submission file")
+    parser.add_argument("--json", help="also write every component as JSON")
+
+
+def _extract_features_arguments(parser):
+    parser.add_argument("--model", required=True,
+                        help="a Keras model file (.keras, .h5), a backbone name, "
+                             "or 'logmel' / 'egemaps' for audio")
+    parser.add_argument("--data", required=True, help="Aff-Wild2 root folder")
+    parser.add_argument("--out", required=True, help="cache folder (resumes if it exists)")
+    parser.add_argument("--edition", choices=EDITIONS, help="needed with --split train or val")
+    parser.add_argument("--split", default="all", choices=("train", "val", "all"))
+    parser.add_argument("--layer", help="layer of a model file to read features from "
+                                        "('sub/layer' inside a nested model)")
+    parser.add_argument("--image-size", type=int,
+                        help="frame side fed to the model (default: the model's, 112 "
+                             "for backbones)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--weights", help="local weights file of a backbone")
+    parser.add_argument("--normalization", choices=("unit", "imagenet", "caffe", "none"),
+                        help="pixel normalisation before the model (default unit: RGB in "
+                             "[0, 1], what affectkit models take)")
+    parser.add_argument("--view", default="aligned", choices=("aligned", "cropped"))
+    parser.add_argument("--videos-dir", help="video files for audio (default <data>/videos)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16"),
+                        help="storage dtype of the features")
+
+
+def _recipes(args):
+    import textwrap
+
+    from affectkit import presets
+
+    print("Recipes (`affectkit train RECIPE --preset NAME`; `python recipes/RECIPE.py` too):")
+    for name in presets.available():
+        runs = presets.run_presets(name)
+        model = presets.model_preset(name)
+        print(f"\n  {name}")
+        print(textwrap.fill(presets.title(name), 92, initial_indent="    ",
+                            subsequent_indent="    "))
+        print(f"    model: {model['input_kind']} -> "
+              + " -> ".join(part for part in _model_parts(model) if part))
+        print(f"    presets: {', '.join(runs)}")
+
+
+def _model_parts(model):
+    backbone = (model.get("backbone") or {}).get("name")
+    yield backbone
+    for key in ("neck", "temporal"):
+        yield (model.get(key) or {}).get("type")
+    yield "heads " + "/".join(model["tasks"])
+
+
+def _train_arguments(parser):
+    from affectkit import presets
+
+    parser.add_argument("recipe", choices=presets.available(), help="recipe name")
+    parser.add_argument("--data", help="Aff-Wild2 folder (or `affectkit demo-data` output); "
+                                       "with --config, default the run's")
+    parser.add_argument("--out", required=True, help="run directory (rerun to resume)")
+    parser.add_argument("--preset", default="paper", help="run preset (default paper; "
+                                                          "`affectkit recipes` lists them)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a preset key, dotted for nested keys (values are JSON "
+                             "or text), e.g. --set data.batch_size=16 "
+                             "--set model.backbone.name=resnext50; repeatable")
+    parser.add_argument("--epochs", type=int, help="set every stage's epochs (quick runs)")
+    parser.add_argument("--config", help="a run's config.json: train exactly that "
+                                         "configuration again (--set and --epochs still apply)")
+
+
+def _train(args):
+    from affectkit import presets
+    from affectkit.recipes import get_recipe
+    from affectkit.training.run_directory import read_run_config
+
+    base, data, preset = None, args.data, args.preset
+    if args.config:
+        record = read_run_config(args.config)
+        if record["recipe"] != args.recipe:
+            raise ValueError(f"{args.config}: a run of {record['recipe']}, not {args.recipe}.")
+        base, data, preset = record["config"], data or record["data"], record.get("preset")
+    if not data:
+        raise ValueError("--data is required (the Aff-Wild2 folder to train on).")
+    if not os.path.isdir(data):
+        raise FileNotFoundError(f"{data}: no such folder; expected an Aff-Wild2 folder.")
+    config = presets.resolve(args.recipe, preset, args.set, args.epochs, config=base)
+    get_recipe(args.recipe)(config, data, args.out, preset=preset).run()
+    print(f"\nRun directory: {args.out} (model.keras, metrics.json, config.json, history.csv, "
+          "plots, predictions/)")
+
+
+def _ensemble_arguments(parser):
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
+                        help="finished run directories (or folders of fold_k runs)")
+    parser.add_argument("--out", required=True, help="folder for the ensemble's files")
+    parser.add_argument("--method", default="average", choices=("average", "vote"),
+                        help="average the outputs, or vote the expression classes")
+    parser.add_argument("--data", help="Aff-Wild2 folder to score against (default: the "
+                                       "first run's)")
+
+
+def _ensemble(args):
+    from affectkit.evaluation.ensembles import ensemble
+    from affectkit.evaluation.scoring import format_scores
+
+    report = ensemble(args.runs, args.out, method=args.method, data=args.data)
+    print(f"Ensemble ({report['method']}) of {len(report['runs'])} runs, {report['edition']}:")
+    for run, official in report["members"].items():
+        for task, scores in official.items():
+            print(f"\n  {run} ({task}):")
+            print(format_scores(scores))
+    for task, scores in report["ensemble"].items():
+        print(f"\nEnsemble, official prediction files scored by affectkit.evaluation ({task}):")
+        print(format_scores(scores))
+    print(f"\nEnsemble written to {args.out} (metrics.json, predictions/)")
+
+
+class Command(NamedTuple):
+    """One subcommand: `add_arguments(parser)` declares its options, `run(args)` does it."""
+
+    name: str
+    help: str
+    add_arguments: Callable
+    run: Callable
+    uses_tensorflow: bool = False
+
+
+COMMANDS = (
+    Command("demo-data", "write a synthetic dataset in the Aff-Wild2 layout",
+            _demo_data_arguments, _demo_data),
+    Command("index", "summarise an Aff-Wild2 split: videos, labelled frames, missing labels",
+            _index_arguments, _index),
+    Command("evaluate", "score official-format predictions with the ABAW metrics",
+            _evaluate_arguments, _evaluate),
+    Command("extract-features",
+            "run a model once over every frame (or read the audio) and cache the features",
+            _extract_features_arguments, _extract_features, uses_tensorflow=True),
+    Command("recipes", "list the recipes (one per paper) and their presets",
+            lambda parser: None, _recipes),
+    Command("train", "train a recipe into a run directory (resumes when rerun)",
+            _train_arguments, _train, uses_tensorflow=True),
+    Command("ensemble", "average (or vote) finished runs' validation predictions and score "
+            "them", _ensemble_arguments, _ensemble, uses_tensorflow=True),
+)
+
+_VERBOSE_HELP = ("show every TensorFlow log line (by default its C++ start-up lines and the "
+                 "harmless grappler remapper error are hidden)")
+
+# Errors that mean bad input (a file that is missing or not as expected), not a bug.
+_INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                 PermissionError)
+
+
+class _SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser that declares its arguments when first used, so that
+    `affectkit --help` and one subcommand do not import what the others need."""
+
+    def __init__(self, *args, add_arguments=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._add_arguments = add_arguments
+
+    def _declare_arguments(self):
+        if self._add_arguments is not None:
+            add_arguments, self._add_arguments = self._add_arguments, None
+            add_arguments(self)
+            # --verbose also after the subcommand; SUPPRESS keeps one given before it.
+            self.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                              help=_VERBOSE_HELP)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._declare_arguments()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self):
+        self._declare_arguments()
+        return super().format_help()
+
+    def format_usage(self):
+        self._declare_arguments()
+        return super().format_usage()
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="affectkit", description="Multi-task facial affect analysis (ABAW / Aff-Wild2)."
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    demo = commands.add_parser(
-        "demo-data", help="write a synthetic dataset in the Aff-Wild2 layout"
-    )
-    demo.add_argument("--out", required=True, help="folder to write")
-    demo.add_argument("--edition", default="abaw3", choices=EDITIONS)
-    demo.add_argument("--videos", type=int, default=DEMO_DEFAULTS["videos"],
-                      help="face tracks; about a quarter are validation (default %(default)s)")
-    demo.add_argument("--frames", type=int, default=DEMO_DEFAULTS["frames"],
-                      help="frames per video (default %(default)s)")
-    demo.add_argument("--fps", type=float, default=DEMO_DEFAULTS["fps"],
-                      help="frame rate (default %(default)s: several expressions per video, so "
-                           "that a model must read expressions, not recognise identities)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(run=_demo_data)
-
-    index = commands.add_parser(
-        "index", help="summarise an Aff-Wild2 split: videos, labelled frames, missing labels"
-    )
-    index.add_argument("--root", required=True, help="Aff-Wild2 root folder")
-    index.add_argument("--edition", required=True, choices=EDITIONS)
-    index.add_argument("--split", required=True, choices=("train", "val"))
-    index.add_argument("--fill-missing-images", action="store_true",
-                       help="use the nearest frame's image for frames without one")
-    index.add_argument("--out", help="write the frame index as CSV")
-    index.set_defaults(run=_index)
-
-    evaluate = commands.add_parser(
-        "evaluate", help="score official-format predictions with the ABAW metrics"
-    )
-    evaluate.add_argument("--edition", required=True, choices=EDITIONS)
-    evaluate.add_argument("--task", required=True, choices=("va", "expr", "au", "mtl"))
-    evaluate.add_argument("--gt", required=True,
-                          help="annotation folder (va/expr/au) or MTL annotation file")
-    evaluate.add_argument("--pred", required=True,
-                          help="prediction folder (va/expr/au) or MTL submission file")
-    evaluate.add_argument("--json", help="also write every component as JSON")
-    evaluate.set_defaults(run=_evaluate)
-
-    extract = commands.add_parser(
-        "extract-features",
-        help="run a model once over every frame (or read the audio) and cache the features",
-    )
-    extract.add_argument("--model", required=True,
-                         help="a Keras model file (.keras, .h5), a backbone name, "
-                              "or 'logmel' / 'egemaps' for audio")
-    extract.add_argument("--data", required=True, help="Aff-Wild2 root folder")
-    extract.add_argument("--out", required=True, help="cache folder (resumes if it exists)")
-    extract.add_argument("--edition", choices=EDITIONS,
-                         help="needed with --split train or val")
-    extract.add_argument("--split", default="all", choices=("train", "val", "all"))
-    extract.add_argument("--layer", help="layer of a model file to read features from "
-                                         "('sub/layer' inside a nested model)")
-    extract.add_argument("--image-size", type=int,
-                         help="frame side fed to the model (default: the model's, 112 "
-                              "for backbones)")
-    extract.add_argument("--batch-size", type=int, default=64)
-    extract.add_argument("--weights", help="local weights file of a backbone")
-    extract.add_argument("--normalization", choices=("unit", "imagenet", "caffe", "none"),
-                         help="pixel normalisation before the model (default unit: RGB in "
-                              "[0, 1], what affectkit models take)")
-    extract.add_argument("--view", default="aligned", choices=("aligned", "cropped"))
-    extract.add_argument("--videos-dir", help="video files for audio (default <data>/videos)")
-    extract.add_argument("--dtype", default="float32", choices=("float32", "float16"),
-                         help="storage dtype of the features")
-    extract.set_defaults(run=_extract_features)
+    parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
+    subcommands = parser.add_subparsers(dest="command", required=True,
+                                        parser_class=_SubcommandParser)
+    for command in COMMANDS:
+        subparser = subcommands.add_parser(command.name, help=command.help,
+                                           add_arguments=command.add_arguments)
+        subparser.set_defaults(run=command.run, uses_tensorflow=command.uses_tensorflow)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    try:
-        args.run(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"affectkit {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    with quiet_tensorflow_logs(enabled=args.uses_tensorflow and not args.verbose):
+        try:
+            args.run(args)
+        except _INPUT_ERRORS as error:
+            print(f"affectkit {args.command}: error: {error}", file=sys.stderr)
+            return 2
     return 0
+
+
+def run_recipe_script(name, argv=None):
+    """`python recipes/NAME.py ARGS` is `affectkit train NAME ARGS`."""
+    return main(["train", name, *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ Extra leading dimensions, e.g. (B, T, ...) of per-frame sequence heads, are flat
 
 `sample_weight`, when given, weighs rows (it broadcasts over the leading dims, e.g.
 (B,) for (B, T, ...) outputs); the result is then the weighted mean over valid rows.
+The masking itself (rows, weights, missing markers) is `affectkit.masking`, which the
+streaming metrics share.
 
 Distribution: like Keras' built-in losses with the default reduction
 `"sum_over_batch_size"`, the value is divided by the number of replicas when called
@@ -18,28 +20,17 @@ import keras
 import numpy as np
 from keras import ops
 
-from affectkit.labels import VA_MISSING, get_schema
+from affectkit.labels import get_schema
+from affectkit.masking import (
+    au_entries,
+    class_rows,
+    row_weights,
+    safe_ratio,
+    va_entries,
+    va_labelled,
+)
 
 _EPSILON = 1e-7
-
-
-def _safe_ratio(numerator, denominator):
-    """numerator / denominator where denominator > 0, else 0 (finite gradients)."""
-    positive = denominator > 0
-    return ops.where(positive, numerator / ops.where(positive, denominator, 1.0), 0.0)
-
-
-def _row_weights(sample_weight, leading_shape, rows, dtype):
-    """Per-row weights (rows,) from a `sample_weight` broadcastable to the leading dims."""
-    if sample_weight is None:
-        return None
-    weights = ops.cast(ops.convert_to_tensor(sample_weight), dtype)
-    lead_rank = len(leading_shape)
-    while len(weights.shape) > lead_rank and weights.shape[-1] == 1:
-        weights = ops.squeeze(weights, axis=-1)
-    while len(weights.shape) < lead_rank:
-        weights = ops.expand_dims(weights, axis=-1)
-    return ops.reshape(ops.broadcast_to(weights, leading_shape), (rows,))
 
 
 def _scale_for_replicas(value):
@@ -67,23 +58,6 @@ class _MaskedLoss(keras.losses.Loss):
             if self.reduction in ("sum_over_batch_size", "mean", "mean_with_sample_weight"):
                 value = _scale_for_replicas(value)
             return value
-
-
-def _class_rows(y_true, y_pred, sample_weight, class_axis_rank=1):
-    """Flattened integer labels (rows,), predictions (rows, ...) and row weights.
-
-    `class_axis_rank` trailing dims of `y_pred` are kept ((C,) or (2, C)); labels of
-    shape (...,) or (..., 1) are flattened; missing labels (< 0) get weight 0.
-    """
-    trailing = tuple(y_pred.shape[-class_axis_rank:])
-    predictions = ops.reshape(y_pred, (-1,) + trailing)
-    rows = ops.shape(predictions)[0]
-    labels = ops.cast(ops.reshape(y_true, (rows,)), "int32")
-    valid = ops.cast(labels >= 0, y_pred.dtype)
-    weights = _row_weights(sample_weight, ops.shape(y_pred)[:-class_axis_rank], rows, y_pred.dtype)
-    if weights is not None:
-        valid = valid * weights
-    return ops.maximum(labels, 0), predictions, valid
 
 
 def _log_probabilities(y_pred, from_logits):
@@ -200,21 +174,15 @@ class MaskedCCCLoss(_MaskedLoss):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
 
     def call(self, y_true, y_pred, sample_weight=None):
-        columns = y_pred.shape[-1]
-        t = ops.reshape(y_true, (-1, columns))
-        p = ops.reshape(y_pred, (-1, columns))
-        mask = ops.cast(ops.abs(t - VA_MISSING) > 1e-3, p.dtype)
-        weights = _row_weights(sample_weight, ops.shape(y_pred)[:-1], ops.shape(p)[0], p.dtype)
-        if weights is not None:
-            mask = mask * ops.expand_dims(weights, -1)
+        t, p, mask = va_entries(y_true, y_pred, sample_weight)
         t = t * ops.cast(mask > 0, t.dtype)  # the -5 markers never enter the sums
         n = ops.sum(mask, axis=0)
-        mean_t = _safe_ratio(ops.sum(mask * t, axis=0), n)
-        mean_p = _safe_ratio(ops.sum(mask * p, axis=0), n)
+        mean_t = safe_ratio(ops.sum(mask * t, axis=0), n)
+        mean_p = safe_ratio(ops.sum(mask * p, axis=0), n)
         dt, dp = t - mean_t, p - mean_p
-        var_t = _safe_ratio(ops.sum(mask * dt * dt, axis=0), n)
-        var_p = _safe_ratio(ops.sum(mask * dp * dp, axis=0), n)
-        cov = _safe_ratio(ops.sum(mask * dt * dp, axis=0), n)
+        var_t = safe_ratio(ops.sum(mask * dt * dt, axis=0), n)
+        var_p = safe_ratio(ops.sum(mask * dp * dp, axis=0), n)
+        cov = safe_ratio(ops.sum(mask * dt * dp, axis=0), n)
         ccc = 2.0 * cov / (var_t + var_p + ops.square(mean_t - mean_p) + _EPSILON)
         per_column = ops.where(n > 0, 1.0 - ccc, 0.0)
         return ops.mean(per_column)
@@ -258,7 +226,7 @@ class MaskedCategoricalCrossentropy(_MaskedLoss):
         self.class_weights = None if class_weights is None else [float(w) for w in class_weights]
 
     def call(self, y_true, y_pred, sample_weight=None):
-        labels, predictions, valid = _class_rows(y_true, y_pred, sample_weight)
+        labels, predictions, valid = class_rows(y_true, y_pred, sample_weight)
         num_classes = predictions.shape[-1]
         targets = _smoothed_one_hot(labels, num_classes, self.label_smoothing, predictions.dtype)
         per_row = -ops.sum(targets * _log_probabilities(predictions, self.from_logits), axis=-1)
@@ -269,7 +237,7 @@ class MaskedCategoricalCrossentropy(_MaskedLoss):
                 )
             class_weights = ops.convert_to_tensor(self.class_weights, dtype=predictions.dtype)
             valid = valid * ops.take(class_weights, labels)
-        return _safe_ratio(ops.sum(valid * per_row), ops.sum(valid))
+        return safe_ratio(ops.sum(valid * per_row), ops.sum(valid))
 
     def get_config(self):
         return {
@@ -314,13 +282,7 @@ class MaskedBinaryCrossentropy(_MaskedLoss):
 
     def call(self, y_true, y_pred, sample_weight=None):
         num_aus = y_pred.shape[-1]
-        t = ops.reshape(y_true, (-1, num_aus))
-        p = ops.reshape(y_pred, (-1, num_aus))
-        valid = ops.cast(t >= 0, p.dtype)
-        weights = _row_weights(sample_weight, ops.shape(y_pred)[:-1], ops.shape(p)[0], p.dtype)
-        if weights is not None:
-            valid = valid * ops.expand_dims(weights, -1)
-        positive = ops.cast(t > 0.5, p.dtype)
+        positive, p, valid = au_entries(y_true, y_pred, sample_weight)
         if self.from_logits:
             log_p, log_not_p = -ops.softplus(-p), -ops.softplus(p)
         else:
@@ -331,7 +293,7 @@ class MaskedBinaryCrossentropy(_MaskedLoss):
                 raise ValueError(f"{self.name}: {len(self.pos_weights)} positive weights for {num_aus} AUs.")
             log_p = log_p * ops.convert_to_tensor(self.pos_weights, dtype=p.dtype)
         per_entry = -(positive * log_p + (1.0 - positive) * log_not_p)
-        return _safe_ratio(ops.sum(valid * per_entry), ops.sum(valid))
+        return safe_ratio(ops.sum(valid * per_entry), ops.sum(valid))
 
     def get_config(self):
         return {
@@ -381,14 +343,14 @@ class MaskedFocalLoss(_MaskedLoss):
         self.from_logits = bool(from_logits)
 
     def call(self, y_true, y_pred, sample_weight=None):
-        labels, predictions, valid = _class_rows(y_true, y_pred, sample_weight)
+        labels, predictions, valid = class_rows(y_true, y_pred, sample_weight)
         num_classes = predictions.shape[-1]
         targets = _smoothed_one_hot(labels, num_classes, self.label_smoothing, predictions.dtype)
         log_p = _log_probabilities(predictions, self.from_logits)
         p = ops.exp(log_p)
         alpha = ops.convert_to_tensor(self.alpha, dtype=predictions.dtype)
         per_row = -ops.sum(alpha * ops.power(1.0 - p, self.gamma) * targets * log_p, axis=-1)
-        return _safe_ratio(ops.sum(valid * per_row), ops.sum(valid))
+        return safe_ratio(ops.sum(valid * per_row), ops.sum(valid))
 
     def get_config(self):
         return {
@@ -434,14 +396,14 @@ class VAVectorMSE(_MaskedLoss):
     def call(self, y_true, y_pred, sample_weight=None):
         t = ops.reshape(y_true, (-1, 2))
         p = ops.reshape(y_pred, (-1, 5))
-        labelled = ops.abs(t - VA_MISSING) > 1e-3
+        labelled = va_labelled(t)
         valid = ops.cast(ops.logical_and(labelled[:, 0], labelled[:, 1]), p.dtype)
-        weights = _row_weights(sample_weight, ops.shape(y_pred)[:-1], ops.shape(p)[0], p.dtype)
+        weights = row_weights(sample_weight, ops.shape(y_pred)[:-1], ops.shape(p)[0], p.dtype)
         if weights is not None:
             valid = valid * weights
         t = t * ops.expand_dims(ops.cast(valid > 0, t.dtype), -1)
         per_row = ops.mean(ops.square(self.target_vector(t) - p), axis=-1)
-        return _safe_ratio(ops.sum(valid * per_row), ops.sum(valid))
+        return safe_ratio(ops.sum(valid * per_row), ops.sum(valid))
 
     def get_config(self):
         return {"name": self.name, "reduction": self.reduction, "dtype": self.dtype}
@@ -483,7 +445,7 @@ class RDropLoss(_MaskedLoss):
     def call(self, y_true, y_pred, sample_weight=None):
         if y_pred.shape[-2] != 2:
             raise ValueError(f"{self.name}: y_pred must be (..., 2, C); got shape {y_pred.shape}.")
-        labels, predictions, valid = _class_rows(y_true, y_pred, sample_weight, class_axis_rank=2)
+        labels, predictions, valid = class_rows(y_true, y_pred, sample_weight, class_axis_rank=2)
         num_classes = predictions.shape[-1]
         targets = ops.one_hot(labels, num_classes, dtype=predictions.dtype)
         log_p = _log_probabilities(predictions, self.from_logits)  # (rows, 2, C)
@@ -492,7 +454,7 @@ class RDropLoss(_MaskedLoss):
         cross_entropy = -0.5 * ops.sum(targets * (log_p1 + log_p2), axis=-1)
         symmetric_kl = 0.5 * ops.sum(p1 * (log_p1 - log_p2) + p2 * (log_p2 - log_p1), axis=-1)
         per_row = cross_entropy + self.alpha * symmetric_kl
-        return _safe_ratio(ops.sum(valid * per_row), ops.sum(valid))
+        return safe_ratio(ops.sum(valid * per_row), ops.sum(valid))
 
     def get_config(self):
         return {

@@ -1,31 +1,40 @@
-"""Official ABAW metrics (NumPy) and their streaming Keras counterparts.
+"""Official ABAW metrics in NumPy: the definitions used for scores, `metrics.json` and
+the scoring of submission files. Importing this module loads neither Keras nor TensorFlow.
 
 All metrics pool every labelled frame of the whole set: not per video, not per batch.
 Frames whose label is missing (valence/arousal -5, expression -1, each AU -1) are left
 out of that task's metric (see `affectkit.labels`).
 
-NumPy functions (the definitions used for scores, `metrics.json` and submissions):
-`ccc`, `va_metrics`, `expr_metrics`, `au_metrics`, `abaw_scores`, `chance_baselines`.
-
-Keras metrics (for `compile(metrics=...)` and custom loops): `ConcordanceCorrelation`,
-`MaskedMacroF1`, `MaskedAccuracy`, `MaskedAUF1`, `MaskedAUAccuracy`. They keep sums
-(count, sums, squares, cross-products; true/false positives) in float64 state variables,
-so the result over any batching equals the pooled NumPy value, and under `tf.distribute`
-(where Keras sums metric variables across replicas on read) it is the value over all
-replicas' frames.
+Functions: `ccc`, `va_metrics`, `expr_metrics`, `au_metrics`, `abaw_scores`,
+`chance_baselines`, and `au_present`, the one rule that turns AU probabilities into 0/1
+(used here, by the streaming Keras metrics of `affectkit.streaming_metrics` and by the
+challenge-file writer of `affectkit.evaluation.challenge_files`).
 """
 
-import keras
 import numpy as np
-from keras import ops
 
 from affectkit.labels import AU_MISSING, EXPR_MISSING, VA_MISSING, VA_NAMES, get_schema
 
-_STATE_DTYPE = "float64"
+AU_THRESHOLD = 0.5
 
-# ---------------------------------------------------------------------------------------
-# NumPy: the official definitions
-# ---------------------------------------------------------------------------------------
+
+def au_present(probabilities, threshold=AU_THRESHOLD):
+    """Whether each AU is predicted present: `probabilities >= threshold`.
+
+    The one decision rule of affectkit: the NumPy metrics, the streaming Keras metrics
+    and the official prediction files all use it, so a probability of exactly the
+    threshold counts as present everywhere. Works on NumPy arrays and on backend
+    tensors alike (it returns booleans of the same kind).
+
+    Args:
+        probabilities: AU probabilities (any shape).
+        threshold: decision threshold (default `AU_THRESHOLD`, 0.5).
+
+    Example:
+    >>> au_present(np.array([0.2, 0.5, 0.9]))
+    array([False,  True,  True])
+    """
+    return probabilities >= threshold
 
 
 def ccc(x, y):
@@ -160,13 +169,13 @@ def expr_metrics(y_true, y_pred, num_classes):
     }
 
 
-def au_metrics(y_true, y_pred, threshold=0.5):
+def au_metrics(y_true, y_pred, threshold=AU_THRESHOLD):
     """Mean per-AU binary F1 and accuracy over all labelled AU entries.
 
     Args:
         y_true: (..., K) 0/1 with -1 for a missing entry (left out of that AU's F1).
         y_pred: (..., K) 0/1 or probabilities; an AU is predicted present when
-            `y_pred > threshold` (as Keras' binary metrics).
+            `au_present(y_pred, threshold)`, i.e. `y_pred >= threshold`.
         threshold: decision threshold for probabilities.
 
     Returns:
@@ -186,7 +195,7 @@ def au_metrics(y_true, y_pred, threshold=0.5):
         )
     num_aus = y_true.shape[-1]
     y_true = y_true.reshape(-1, num_aus).astype(np.int64)
-    predicted = (y_pred.reshape(-1, num_aus) > threshold).astype(np.int64)
+    predicted = au_present(y_pred.reshape(-1, num_aus), threshold).astype(np.int64)
     valid = y_true != AU_MISSING
     positive = (y_true == 1) & valid
     tp = np.sum(positive & (predicted == 1), axis=0)
@@ -321,329 +330,3 @@ def chance_baselines(task, edition, y_true_train, y_true_eval):
         }
         return abaw_scores("mtl", schema, {k: y_true_eval[k] for k in predictions}, predictions)
     return abaw_scores(task, schema, y_true_eval, _chance_prediction(task, schema, y_true_train, y_true_eval))
-
-
-# ---------------------------------------------------------------------------------------
-# Keras streaming metrics
-# ---------------------------------------------------------------------------------------
-
-
-def _row_weights(sample_weight, leading_shape, rows, dtype):
-    """Per-row weights (rows,) from a `sample_weight` broadcastable to the leading dims."""
-    if sample_weight is None:
-        return None
-    weights = ops.cast(ops.convert_to_tensor(sample_weight), dtype)
-    lead_rank = len(leading_shape)
-    while len(weights.shape) > lead_rank and weights.shape[-1] == 1:
-        weights = ops.squeeze(weights, axis=-1)
-    while len(weights.shape) < lead_rank:
-        weights = ops.expand_dims(weights, axis=-1)
-    return ops.reshape(ops.broadcast_to(weights, leading_shape), (rows,))
-
-
-def _safe_ratio(numerator, denominator):
-    positive = denominator > 0
-    return ops.where(positive, numerator / ops.where(positive, denominator, 1), 0)
-
-
-@keras.saving.register_keras_serializable(package="affectkit")
-class ConcordanceCorrelation(keras.metrics.Metric):
-    """Streaming CCC over all labelled frames seen (ABAW's pooled CCC).
-
-    Accumulates, per column, the count, sums, sums of squares and cross-products of
-    the labelled (non -5) entries in float64 state, so the result is exact over
-    uneven batches and under `tf.distribute` (variables are summed across replicas).
-    Unlike `keras.metrics.ConcordanceCorrelation` it does not average per-batch values.
-
-    Args:
-        dimension: column to report (0 valence, 1 arousal), or None for the mean CCC
-            over all columns (the ABAW VA score).
-        num_columns: number of columns of `y_true`/`y_pred` (2 for valence, arousal).
-        name: metric name; default `"ccc"`, `"ccc_valence"` or `"ccc_arousal"`.
-        dtype: dtype of the result.
-
-    Example:
-    >>> metric = ConcordanceCorrelation()
-    >>> metric.update_state([[0.1, -5.0], [0.4, 0.2]], [[0.0, 0.3], [0.5, 0.1]])
-    >>> float(metric.result())
-    """
-
-    def __init__(self, dimension=None, num_columns=2, name=None, dtype=None):
-        if dimension is not None and not 0 <= int(dimension) < int(num_columns):
-            raise ValueError(f"ConcordanceCorrelation: dimension {dimension} outside 0..{num_columns - 1}.")
-        if name is None:
-            if dimension is None:
-                name = "ccc"
-            elif int(num_columns) == 2:
-                name = f"ccc_{VA_NAMES[int(dimension)]}"
-            else:
-                name = f"ccc_{int(dimension)}"
-        super().__init__(name=name, dtype=dtype)
-        self.dimension = None if dimension is None else int(dimension)
-        self.num_columns = int(num_columns)
-        self.missing_value = VA_MISSING
-        self._sums = {
-            key: self.add_variable(
-                shape=(self.num_columns,), initializer="zeros", dtype=_STATE_DTYPE, name=key
-            )
-            for key in ("count", "sum_true", "sum_pred", "sum_true_sq", "sum_pred_sq", "sum_cross")
-        }
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        y_true = ops.convert_to_tensor(y_true)
-        y_pred = ops.convert_to_tensor(y_pred)
-        columns = self.num_columns
-        leading = ops.shape(y_true)[:-1]
-        t = ops.cast(ops.reshape(y_true, (-1, columns)), _STATE_DTYPE)
-        p = ops.cast(ops.reshape(y_pred, (-1, columns)), _STATE_DTYPE)
-        mask = ops.cast(ops.abs(t - self.missing_value) > 1e-3, _STATE_DTYPE)
-        weights = _row_weights(sample_weight, leading, ops.shape(t)[0], _STATE_DTYPE)
-        if weights is not None:
-            mask = mask * ops.expand_dims(weights, -1)
-        updates = {
-            "count": mask,
-            "sum_true": mask * t,
-            "sum_pred": mask * p,
-            "sum_true_sq": mask * t * t,
-            "sum_pred_sq": mask * p * p,
-            "sum_cross": mask * t * p,
-        }
-        for key, value in updates.items():
-            self._sums[key].assign_add(ops.sum(value, axis=0))
-
-    def per_column(self):
-        """The CCC of every column (float64 tensor of shape (num_columns,))."""
-        s = {key: ops.convert_to_tensor(var) for key, var in self._sums.items()}
-        n = s["count"]
-        mean_t = _safe_ratio(s["sum_true"], n)
-        mean_p = _safe_ratio(s["sum_pred"], n)
-        var_t = _safe_ratio(s["sum_true_sq"], n) - mean_t * mean_t
-        var_p = _safe_ratio(s["sum_pred_sq"], n) - mean_p * mean_p
-        cov = _safe_ratio(s["sum_cross"], n) - mean_t * mean_p
-        denominator = var_t + var_p + (mean_t - mean_p) ** 2
-        return _safe_ratio(2.0 * cov, denominator)
-
-    def result(self):
-        values = self.per_column()
-        value = ops.mean(values) if self.dimension is None else values[self.dimension]
-        return ops.cast(value, self.dtype)
-
-    def get_config(self):
-        return {
-            "dimension": self.dimension,
-            "num_columns": self.num_columns,
-            "name": self.name,
-            "dtype": self.dtype,
-        }
-
-
-class _ConfusionCounts(keras.metrics.Metric):
-    """Per-unit true/false positives and false negatives (units: classes or AUs)."""
-
-    def _add_counts(self, units):
-        self.true_positives = self.add_variable(
-            shape=(units,), initializer="zeros", dtype=_STATE_DTYPE, name="true_positives"
-        )
-        self.false_positives = self.add_variable(
-            shape=(units,), initializer="zeros", dtype=_STATE_DTYPE, name="false_positives"
-        )
-        self.false_negatives = self.add_variable(
-            shape=(units,), initializer="zeros", dtype=_STATE_DTYPE, name="false_negatives"
-        )
-
-    def _accumulate(self, actual, predicted, valid):
-        """`actual`, `predicted`: 0/1 (rows, units); `valid`: weights (rows, units)."""
-        self.true_positives.assign_add(ops.sum(valid * actual * predicted, axis=0))
-        self.false_positives.assign_add(ops.sum(valid * (1 - actual) * predicted, axis=0))
-        self.false_negatives.assign_add(ops.sum(valid * actual * (1 - predicted), axis=0))
-
-    def per_unit_f1(self):
-        """F1 of every class / AU (float64), 0 where undefined (sklearn zero_division=0)."""
-        tp = ops.convert_to_tensor(self.true_positives)
-        return _safe_ratio(
-            2.0 * tp,
-            2.0 * tp + ops.convert_to_tensor(self.false_positives) + ops.convert_to_tensor(self.false_negatives),
-        )
-
-    def result(self):
-        return ops.cast(ops.mean(self.per_unit_f1()), self.dtype)
-
-
-def _expr_rows(y_true, y_pred, sample_weight):
-    """Flattened labels, argmax predictions and row weights (0 for missing labels)."""
-    y_true = ops.convert_to_tensor(y_true)
-    y_pred = ops.convert_to_tensor(y_pred)
-    num_classes = y_pred.shape[-1]
-    probabilities = ops.reshape(y_pred, (-1, num_classes))
-    rows = ops.shape(probabilities)[0]
-    labels = ops.reshape(ops.cast(y_true, "int32"), (rows,))
-    predicted = ops.cast(ops.argmax(probabilities, axis=-1), "int32")
-    valid = ops.cast(labels >= 0, _STATE_DTYPE)
-    weights = _row_weights(sample_weight, ops.shape(y_pred)[:-1], rows, _STATE_DTYPE)
-    if weights is not None:
-        valid = valid * weights
-    return labels, predicted, valid, num_classes
-
-
-@keras.saving.register_keras_serializable(package="affectkit")
-class MaskedMacroF1(_ConfusionCounts):
-    """Streaming macro F1 of expression predictions; labels -1 are ignored.
-
-    Keeps per-class true positives, false positives and false negatives of the argmax
-    prediction; the result equals `sklearn.metrics.f1_score(..., average="macro",
-    labels=range(num_classes), zero_division=0)` on all labelled frames seen.
-
-    Args:
-        num_classes: number of expression classes.
-        name: metric name.
-        dtype: dtype of the result.
-
-    Example:
-    >>> metric = MaskedMacroF1(num_classes=8)
-    >>> metric.update_state(labels, probabilities)  # (B,) or (B, 1), and (B, 8)
-    """
-
-    def __init__(self, num_classes, name="macro_f1", dtype=None):
-        super().__init__(name=name, dtype=dtype)
-        self.num_classes = int(num_classes)
-        self._add_counts(self.num_classes)
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        labels, predicted, valid, num_classes = _expr_rows(y_true, y_pred, sample_weight)
-        if num_classes != self.num_classes:
-            raise ValueError(
-                f"{self.name}: predictions have {num_classes} classes, expected {self.num_classes}."
-            )
-        actual = ops.one_hot(ops.maximum(labels, 0), self.num_classes, dtype=_STATE_DTYPE)
-        guess = ops.one_hot(predicted, self.num_classes, dtype=_STATE_DTYPE)
-        self._accumulate(actual, guess, ops.expand_dims(valid, -1))
-
-    def get_config(self):
-        return {"num_classes": self.num_classes, "name": self.name, "dtype": self.dtype}
-
-
-@keras.saving.register_keras_serializable(package="affectkit")
-class MaskedAccuracy(keras.metrics.Metric):
-    """Streaming accuracy of expression predictions (argmax); labels -1 are ignored.
-
-    Args:
-        name: metric name.
-        dtype: dtype of the result.
-
-    Example:
-    >>> metric = MaskedAccuracy()
-    >>> metric.update_state([0, -1, 2], [[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.1, 0.6, 0.3]])
-    >>> float(metric.result())
-    0.5
-    """
-
-    def __init__(self, name="accuracy", dtype=None):
-        super().__init__(name=name, dtype=dtype)
-        self.correct = self.add_variable(shape=(), initializer="zeros", dtype=_STATE_DTYPE, name="correct")
-        self.count = self.add_variable(shape=(), initializer="zeros", dtype=_STATE_DTYPE, name="count")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        labels, predicted, valid, _ = _expr_rows(y_true, y_pred, sample_weight)
-        self.correct.assign_add(ops.sum(valid * ops.cast(labels == predicted, _STATE_DTYPE)))
-        self.count.assign_add(ops.sum(valid))
-
-    def result(self):
-        return ops.cast(
-            _safe_ratio(ops.convert_to_tensor(self.correct), ops.convert_to_tensor(self.count)),
-            self.dtype,
-        )
-
-    def get_config(self):
-        return {"name": self.name, "dtype": self.dtype}
-
-
-def _au_entries(y_true, y_pred, sample_weight, threshold):
-    """0/1 labels, 0/1 predictions and entry weights (0 where the label is -1), (rows, K)."""
-    y_true = ops.convert_to_tensor(y_true)
-    y_pred = ops.convert_to_tensor(y_pred)
-    num_aus = y_pred.shape[-1]
-    t = ops.cast(ops.reshape(y_true, (-1, num_aus)), _STATE_DTYPE)
-    p = ops.cast(ops.reshape(y_pred, (-1, num_aus)), _STATE_DTYPE)
-    valid = ops.cast(t >= 0, _STATE_DTYPE)
-    actual = ops.cast(t > 0.5, _STATE_DTYPE)
-    predicted = ops.cast(p > threshold, _STATE_DTYPE)
-    weights = _row_weights(sample_weight, ops.shape(y_pred)[:-1], ops.shape(t)[0], _STATE_DTYPE)
-    if weights is not None:
-        valid = valid * ops.expand_dims(weights, -1)
-    return actual, predicted, valid, num_aus
-
-
-@keras.saving.register_keras_serializable(package="affectkit")
-class MaskedAUF1(_ConfusionCounts):
-    """Streaming mean per-AU binary F1; entries -1 are ignored per AU.
-
-    An AU is predicted present when its probability is above `threshold`. An AU with
-    no positive label and no positive prediction scores 0 (as `au_metrics`).
-
-    Args:
-        num_aus: number of AUs (columns).
-        threshold: decision threshold on the predicted probabilities.
-        name: metric name.
-        dtype: dtype of the result.
-
-    Example:
-    >>> metric = MaskedAUF1(num_aus=12)
-    >>> metric.update_state(au_labels, au_probabilities)  # both (B, 12)
-    """
-
-    def __init__(self, num_aus, threshold=0.5, name="mean_f1", dtype=None):
-        super().__init__(name=name, dtype=dtype)
-        self.num_aus = int(num_aus)
-        self.threshold = float(threshold)
-        self._add_counts(self.num_aus)
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        actual, predicted, valid, num_aus = _au_entries(y_true, y_pred, sample_weight, self.threshold)
-        if num_aus != self.num_aus:
-            raise ValueError(f"{self.name}: predictions have {num_aus} AUs, expected {self.num_aus}.")
-        self._accumulate(actual, predicted, valid)
-
-    def get_config(self):
-        return {
-            "num_aus": self.num_aus,
-            "threshold": self.threshold,
-            "name": self.name,
-            "dtype": self.dtype,
-        }
-
-
-@keras.saving.register_keras_serializable(package="affectkit")
-class MaskedAUAccuracy(keras.metrics.Metric):
-    """Streaming accuracy over all labelled AU entries (entries -1 are ignored).
-
-    Args:
-        threshold: decision threshold on the predicted probabilities.
-        name: metric name.
-        dtype: dtype of the result.
-
-    Example:
-    >>> metric = MaskedAUAccuracy()
-    >>> metric.update_state([[1, -1], [0, 1]], [[0.8, 0.9], [0.3, 0.2]])
-    >>> float(metric.result())
-    0.6666667
-    """
-
-    def __init__(self, threshold=0.5, name="accuracy", dtype=None):
-        super().__init__(name=name, dtype=dtype)
-        self.threshold = float(threshold)
-        self.correct = self.add_variable(shape=(), initializer="zeros", dtype=_STATE_DTYPE, name="correct")
-        self.count = self.add_variable(shape=(), initializer="zeros", dtype=_STATE_DTYPE, name="count")
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        actual, predicted, valid, _ = _au_entries(y_true, y_pred, sample_weight, self.threshold)
-        self.correct.assign_add(ops.sum(valid * ops.cast(actual == predicted, _STATE_DTYPE)))
-        self.count.assign_add(ops.sum(valid))
-
-    def result(self):
-        return ops.cast(
-            _safe_ratio(ops.convert_to_tensor(self.correct), ops.convert_to_tensor(self.count)),
-            self.dtype,
-        )
-
-    def get_config(self):
-        return {"threshold": self.threshold, "name": self.name, "dtype": self.dtype}

@@ -1,5 +1,5 @@
 """PNG plots written next to a run's numbers: learning curves, expression confusion matrix,
-per-AU F1 and valence/arousal predicted against true."""
+per-AU F1, valence/arousal predicted against true, and region attention maps over faces."""
 
 import os
 
@@ -110,3 +110,45 @@ def write_run_plots(run_dir, schema, tasks, y_true, y_pred, scores=None):
         paths.append(os.path.join(run_dir, "va.png"))
         plot_va(y_true["va"], y_pred["va"], paths[-1])
     return paths
+
+
+def plot_attention_maps(images, maps, names, path, title="Region attention maps (0 blue .. 1 red)"):
+    """One row per face: the face, then each region's attention map over it (as the
+    region attention of Haider et al. 2022 / the ABAW3 multi-task winner gives them).
+
+    Args:
+        images: `(N, H, W, 3)` RGB in [0, 1].
+        maps: `(N, h, w, R)` attention maps in [0, 1], stretched over the image.
+        names: the R region names (column titles).
+        path: PNG file to write.
+        title: the figure's title.
+    """
+    images, maps = np.asarray(images), np.asarray(maps)
+    if images.ndim != 4 or maps.ndim != 4 or len(images) != len(maps):
+        raise ValueError(f"plot_attention_maps: images {images.shape} and maps {maps.shape}; "
+                         "expected (N, H, W, 3) and (N, h, w, R) with the same N.")
+    count, regions = len(images), maps.shape[-1]
+    if len(names) != regions:
+        raise ValueError(f"plot_attention_maps: {len(names)} names for {regions} maps.")
+    fig, axes = plt.subplots(count, regions + 1, figsize=(1.1 * (regions + 1), 1.2 * count + 0.4),
+                             squeeze=False)
+    height, width = images.shape[1:3]
+    for row in range(count):
+        face = np.clip(images[row], 0, 1)
+        axes[row, 0].imshow(face)
+        for r in range(regions):
+            ax = axes[row, r + 1]
+            ax.imshow(face)
+            ax.imshow(maps[row, ..., r], cmap="jet", alpha=0.5, vmin=0, vmax=1,
+                      extent=(0, width, height, 0), interpolation="bilinear")
+            if row == 0:
+                ax.set_title(names[r], fontsize=7)
+    axes[0, 0].set_title("face", fontsize=7)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -11,6 +11,7 @@ from affectkit.data.affwild2 import (
     FrameIndex,
     frame_columns,
     image_names,
+    list_frame_images,
     read_annotation_file,
     read_annotation_folder,
     read_mtl_file,
@@ -74,8 +75,9 @@ def make_layout(root, layout):
     write(root / expr_dir / "vid_b.txt", f"{expr_header}\r\n4\r\n5\r\n\r\n\r\n")  # CRLF + blanks
     au_rows = [au_line([1, 0, 0, 1], k), au_line([-1] * k, k), au_line([0, 1, 1, 0], k)]
     write(root / au_dir / "vid_b.txt", au_header + "\n" + "\n".join(au_rows) + "\n")
-    touch_images(root, "vid_a", [1, 2, 5])
-    touch_images(root, "vid_b", [2])
+    for view in ("cropped_aligned", "cropped"):
+        touch_images(root, "vid_a", [1, 2, 5], view)
+        touch_images(root, "vid_b", [2], view)
     return str(root)
 
 
@@ -229,6 +231,9 @@ def test_from_affwild2_union_of_frames_and_markers(tmp_path, layout):
     ]
     assert f["image_cropped"].iloc[7] == os.path.join(
         os.path.abspath(root), "cropped", "vid_b", "00002.jpg")
+    # Both views hold the same images here, so their availability columns agree.
+    assert f["has_image_cropped"].tolist() == f["has_image"].tolist()
+    assert f["image_frame_cropped"].tolist() == f["image_frame"].tolist()
 
     labels = index.labels()
     assert labels["va"].dtype == np.float32 and labels["va"].shape == (9, 2)
@@ -284,6 +289,54 @@ def test_nearest_fill_ties_take_the_earlier_frame(tmp_path):
     assert f["image_aligned"].tolist()[:2] == ["", ""]
     assert index.summary().loc["va", "frames_without_image"] == 9
     assert index.with_images_only().videos == ["v"]
+
+
+def test_list_frame_images_one_rule(tmp_path):
+    folder = tmp_path / "cropped_aligned" / "v"
+    os.makedirs(folder)
+    names = ("00004.jpg", "00002.jpg", "123456.jpg",  # frame images
+             "00001.JPG", "notes.txt", "0002.jpg", "00003.png", "00000.jpg", "5.jpg",
+             "000006.jpg", "00007.jpg.partial", "٠٠٠٠٩.jpg")  # not frame images
+    for name in names:
+        open(folder / name, "wb").close()
+    frames, paths = list_frame_images(folder)
+    assert frames.dtype == np.int64 and frames.tolist() == [2, 4, 123456]
+    assert paths == [os.path.join(str(folder), n) for n in ("00002.jpg", "00004.jpg",
+                                                            "123456.jpg")]
+    empty, none = list_frame_images(tmp_path / "no_such_folder")
+    assert empty.tolist() == [] and none == []
+
+
+def test_image_availability_is_per_view(tmp_path):
+    root = tmp_path / "aff"
+    write(root / "VA_Estimation_Challenge" / "Train_Set" / "v.txt",
+          "valence,arousal\n" + "0,0\n" * 7)
+    touch_images(root, "v", [1, 2, 3, 4, 5, 7], "cropped_aligned")  # no aligned 6
+    touch_images(root, "v", [1, 2, 4, 5, 6, 7], "cropped")  # no cropped 3
+    aligned_dir = os.path.join(str(root), "cropped_aligned", "v")
+    cropped_dir = os.path.join(str(root), "cropped", "v")
+    index = FrameIndex.from_affwild2(str(root), "abaw3", "train")
+    f = index.frames
+    assert f["has_image"].tolist() == [True] * 5 + [False, True]
+    assert f["has_image_cropped"].tolist() == [True, True, False, True, True, True, True]
+    assert f["image_frame"].tolist() == [1, 2, 3, 4, 5, -1, 7]
+    assert f["image_frame_cropped"].tolist() == [1, 2, -1, 4, 5, 6, 7]
+    assert f["image_aligned"].iloc[2] == os.path.join(aligned_dir, "00003.jpg")
+    assert f["image_cropped"].iloc[2] == "" and f["image_aligned"].iloc[5] == ""
+    assert f["image_cropped"].iloc[5] == os.path.join(cropped_dir, "00006.jpg")
+    assert index.with_images_only().frames["frame"].tolist() == [1, 2, 3, 4, 5, 7]
+    assert index.with_images_only("cropped").frames["frame"].tolist() == [1, 2, 4, 5, 6, 7]
+    assert index.summary().loc["va", "frames_without_image"] == 1
+    assert index.summary("cropped").loc["va", "frames_without_image"] == 1
+    # Filled per view: each view's nearest frame with an image in that view.
+    filled = FrameIndex.from_affwild2(str(root), "abaw3", "train", fill_missing_images=True)
+    g = filled.frames
+    assert g["image_frame"].tolist() == [1, 2, 3, 4, 5, 5, 7]  # 6: tie 5 / 7 -> 5
+    assert g["image_frame_cropped"].tolist() == [1, 2, 2, 4, 5, 6, 7]  # 3: tie 2 / 4 -> 2
+    assert g["image_cropped"].iloc[2] == os.path.join(cropped_dir, "00002.jpg")
+    assert g["image_aligned"].iloc[5] == os.path.join(aligned_dir, "00005.jpg")
+    with pytest.raises(ValueError, match="view"):
+        index.with_images_only("profile")
 
 
 def test_absent_task_folder_is_skipped_and_none_raises(tmp_path):

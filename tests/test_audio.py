@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from affectkit import cli
-from affectkit.data import audio, features
 from affectkit.data.affwild2 import FrameIndex
+from affectkit.features import audio
+from affectkit.features.cache import CacheWriter, FeatureCache, feature_matrix
 
 FRAMES = 150
 FPS = 30
@@ -36,7 +37,7 @@ def logmel(root, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("logmel") / "cache")
     summary = audio.extract_audio_features(root, out, "logmel", verbose=0)
     assert summary["videos_done"] == 4
-    return features.FeatureCache(out)
+    return FeatureCache(out)
 
 
 def test_one_log_mel_vector_per_video_frame(logmel, root):
@@ -146,7 +147,7 @@ def test_cli_logmel_round_trip(root, tmp_path, capsys):
             "--split", "val", "--edition", "abaw3"]
     assert cli.main(args) == 0
     assert "videos_done: 1" in capsys.readouterr().out
-    cache = features.FeatureCache(out)
+    cache = FeatureCache(out)
     assert cache.videos == ["demo_val_000"] and cache.dims == {"logmel": 80}
     assert cli.main(args) == 0
     assert "videos_skipped: 1" in capsys.readouterr().out
@@ -154,12 +155,12 @@ def test_cli_logmel_round_trip(root, tmp_path, capsys):
 
 def test_audio_cache_combines_with_a_visual_one(logmel, root, tmp_path):
     index = FrameIndex.from_affwild2(root, "abaw3", "train")
-    writer = features.CacheWriter(tmp_path / "visual", {"modality": "visual",
+    writer = CacheWriter(tmp_path / "visual", {"modality": "visual",
                                                         "model": {"name": "ones"}})
     for video in index.videos:
         frames = np.arange(1, FRAMES + 1)
         writer.write(video, frames, {"v": np.ones((FRAMES, 2), np.float32)})
-    matrix = features.feature_matrix(index, [features.FeatureCache(tmp_path / "visual"),
+    matrix = feature_matrix(index, [FeatureCache(tmp_path / "visual"),
                                              logmel])
     assert matrix.shape == (len(index), 82)
     np.testing.assert_array_equal(matrix[:, 2:], logmel.matrix(index))
@@ -169,7 +170,7 @@ def test_egemaps_with_opensmile(root, tmp_path):
     pytest.importorskip("opensmile")
     out = str(tmp_path / "egemaps")
     audio.extract_audio_features(root, out, "egemaps", videos=["demo_val_000"], verbose=0)
-    cache = features.FeatureCache(out)
+    cache = FeatureCache(out)
     values = cache.load("demo_val_000")["egemaps"]
     assert values.shape[0] == FRAMES and values.shape[1] == cache.dims["egemaps"] >= 20
     assert np.isfinite(values).all()

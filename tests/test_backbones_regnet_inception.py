@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from affectkit.models.backbones import inception, regnet
+from affectkit.models.backbones import blocks, inception, normalization_layer, regnet
 from tests.keras_checks import assert_reloads_in_fresh_process, check_layer
 
 # torchvision's published `num_params` (trainable weights, 1000-class head, 224x224).
@@ -154,8 +154,8 @@ def test_regnet_matches_numpy_reference_of_torchvision_layout():
 def test_grouped_conv_layer_checks_and_matches_keras_conv():
     x = np.random.default_rng(3).normal(size=(2, 7, 7, 12)).astype("float32")
     kwargs = {"filters": 6, "kernel_size": 3, "strides": 2, "groups": 3, "use_bias": False}
-    check_layer(regnet.GroupedConv2D, kwargs, x, expected_output_shape=(2, 3, 3, 6))
-    ours, reference = regnet.GroupedConv2D(**kwargs), keras.layers.Conv2D(**kwargs)
+    check_layer(blocks.GroupedConv2D, kwargs, x, expected_output_shape=(2, 3, 3, 6))
+    ours, reference = blocks.GroupedConv2D(**kwargs), keras.layers.Conv2D(**kwargs)
     ours.build(x.shape)
     reference.build(x.shape)
     reference.set_weights(ours.get_weights())
@@ -197,10 +197,12 @@ def test_weights_file_round_trip_and_missing_file(tmp_path):
         regnet.regnet((32, 32, 3), weights=str(tmp_path / "missing.weights.h5"), **TINY)
 
 
-def test_regnet_preprocessing_matches_imagenet_normalisation():
+def test_imagenet_normalization_matches_torchvision_constants():
+    layer = normalization_layer("imagenet")
+    assert type(layer) is keras.layers.Normalization and layer.name == "imagenet_normalization"
     x = _images(4, seed=6)
-    expected = (x - np.array(regnet.IMAGENET_MEAN)) / np.array(regnet.IMAGENET_STD)
-    np.testing.assert_allclose(_run(regnet.regnet_preprocessing(), x), expected, atol=1e-5)
+    expected = (x - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    np.testing.assert_allclose(_run(layer, x), expected, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------ InceptionV3
@@ -223,9 +225,9 @@ def test_mixed7_map_shape_at_299():
         inception.inception_v3_features((75, 75, 3), cut="mixed11")
 
 
-def test_inception_preprocessing_maps_unit_range_to_symmetric():
-    layer = inception.inception_preprocessing()
-    assert type(layer) is keras.layers.Rescaling
+def test_inception_normalization_maps_unit_range_to_symmetric():
+    layer = normalization_layer("inception")
+    assert type(layer) is keras.layers.Rescaling and layer.name == "inception_rescaling"
     x = _images(3, seed=7)
     np.testing.assert_allclose(_run(layer, x), 2.0 * x - 1.0, atol=1e-6)
 

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from affectkit.models.backbones import senet
+from affectkit.models.backbones import blocks, senet
 from affectkit.models.layers.channel_pooling import ChannelPooling
 from tests.keras_checks import assert_reloads_in_fresh_process, check_layer
 
@@ -123,7 +123,7 @@ def _sigmoid(x):
 
 def test_squeeze_excitation_matches_numpy():
     inputs = keras.Input((5, 6, 32))
-    model = keras.Model(inputs, senet.squeeze_excitation(inputs, ratio=8, name="se"))
+    model = keras.Model(inputs, blocks.squeeze_excitation(inputs, squeeze_channels=4, name="se"))
     x = np.random.default_rng(1).normal(size=(2, 5, 6, 32)).astype("float32")
     w1, b1 = model.get_layer("se_reduce").get_weights()
     w2, b2 = model.get_layer("se_expand").get_weights()
@@ -160,7 +160,7 @@ def test_cbam_matches_numpy():
     for di in range(3):
         for dj in range(3):
             conv += padded[:, di:di + 6, dj:dj + 7, :] @ kernel[di, dj, :, 0]
-    spatial = _sigmoid(gamma * (conv - mean) / np.sqrt(var + senet.BN_EPSILON) + beta)
+    spatial = _sigmoid(gamma * (conv - mean) / np.sqrt(var + 1e-5) + beta)
     np.testing.assert_allclose(_run(model, x), y * spatial[..., None],
                                rtol=1e-4, atol=1e-5)
 

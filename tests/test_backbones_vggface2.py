@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from affectkit.models.backbones.model_file import model_file_backbone
+from affectkit.models.backbones.normalization import VGGFace2Preprocessing
 from affectkit.models.backbones.resnet_vggface2 import (
-    VGGFace2Preprocessing,
     do2020_face_model,
     keras_layer_name,
     load_vggface2_weights,
@@ -42,10 +42,14 @@ def _legacy_name(keras_name):
 
 
 _KERAS2_ORDER = {
-    "Conv2D": ["kernel", "bias"],
-    "BatchNormalization": ["gamma", "beta", "moving_mean", "moving_variance"],
-    "Dense": ["kernel", "bias"],
+    keras.layers.Conv2D: ["kernel", "bias"],
+    keras.layers.BatchNormalization: ["gamma", "beta", "moving_mean", "moving_variance"],
+    keras.layers.Dense: ["kernel", "bias"],
 }
+
+
+def _keras2_order(layer):
+    return next((order for cls, order in _KERAS2_ORDER.items() if isinstance(layer, cls)), [])
 
 
 def _write_keras2_h5(model, path, full_model=False):
@@ -62,7 +66,7 @@ def _write_keras2_h5(model, path, full_model=False):
             layer_names.append(legacy.encode("utf8"))
             group = root.create_group(legacy) if legacy not in root else root[legacy]
             values = {w.name: keras.ops.convert_to_numpy(w) for w in layer.weights}
-            order = [n for n in _KERAS2_ORDER.get(type(layer).__name__, []) if n in values]
+            order = [n for n in _keras2_order(layer) if n in values]
             assert len(order) == len(values), (layer.name, list(values))
             weight_names = [f"{legacy}/{n}:0" for n in order]
             group.attrs["weight_names"] = [w.encode("utf8") for w in weight_names]

@@ -86,3 +86,46 @@ def test_evaluate_reports_missing_prediction_file(demo_root, tmp_path):
                        "--pred", str(tmp_path / "pred"))
     assert result.returncode == 2
     assert "no prediction file" in result.stderr
+
+
+def test_commands_without_a_model_never_import_tensorflow(demo_root, tmp_path):
+    gt = os.path.join(demo_root, annotation_dir("abaw3", "expr", "val"))
+    script = f"""
+import sys
+from affectkit.cli import main
+try:
+    main(["--help"])
+except SystemExit as stop:
+    assert stop.code == 0, stop.code
+assert main(["index", "--root", {demo_root!r}, "--edition", "abaw3", "--split", "val"]) == 0
+assert main(["evaluate", "--edition", "abaw3", "--task", "expr", "--gt", {gt!r},
+             "--pred", {gt!r}]) == 0
+assert main(["demo-data", "--out", {str(tmp_path / "demo")!r}, "--videos", "4",
+             "--frames", "4"]) == 0
+loaded = [name for name in ("tensorflow", "keras") if name in sys.modules]
+assert not loaded, loaded
+"""
+    env = dict(os.environ, PYTHONPATH=REPO)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Wrote a synthetic Aff-Wild2 layout" in result.stdout
+
+
+def test_verbose_goes_before_or_after_the_subcommand():
+    from affectkit.cli import build_parser
+
+    base = ["--edition", "abaw3", "--task", "va", "--gt", "g", "--pred", "p"]
+    parser = build_parser()
+    assert not parser.parse_args(["evaluate", *base]).verbose
+    assert parser.parse_args(["--verbose", "evaluate", *base]).verbose
+    assert parser.parse_args(["evaluate", *base, "--verbose"]).verbose
+
+
+@pytest.mark.parametrize("task, gt", [("expr", "no_such_folder"), ("mtl", "no_such_file.txt")])
+def test_missing_input_is_one_message_and_exit_2(tmp_path, task, gt):
+    missing = str(tmp_path / gt)
+    result = affectkit("evaluate", "--edition", "abaw3", "--task", task, "--gt", missing,
+                       "--pred", missing)
+    assert result.returncode == 2
+    assert missing in result.stderr and "Traceback" not in result.stderr

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from affectkit import losses, metrics
+from affectkit import losses, metrics, streaming_metrics
 
 EPS = 1e-7
 
@@ -376,9 +376,10 @@ def saved_model(tmp_path_factory):
             "au": losses.MaskedBinaryCrossentropy(pos_weights=[2.0] * 12),
         },
         metrics={
-            "va": [metrics.ConcordanceCorrelation(), metrics.ConcordanceCorrelation(dimension=0)],
-            "expr": [metrics.MaskedMacroF1(8), metrics.MaskedAccuracy()],
-            "au": [metrics.MaskedAUF1(12), metrics.MaskedAUAccuracy()],
+            "va": [streaming_metrics.ConcordanceCorrelation(),
+                   streaming_metrics.ConcordanceCorrelation(dimension=0)],
+            "expr": [streaming_metrics.MaskedMacroF1(8), streaming_metrics.MaskedAccuracy()],
+            "au": [streaming_metrics.MaskedAUF1(12), streaming_metrics.MaskedAUAccuracy()],
         },
     )
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
@@ -421,12 +422,14 @@ def test_compiled_model_reloads_in_safe_mode(saved_model):
         assert again[key] == pytest.approx(val, abs=1e-5), key
 
 
-def test_compiled_model_reloads_in_fresh_process_with_only_import_affectkit(saved_model):
-    """The DESIGN contract: `import affectkit` alone registers every loss and metric."""
+@pytest.mark.parametrize("imports", ["keras, affectkit", "affectkit, keras"])
+def test_compiled_model_reloads_in_fresh_process_with_only_import_affectkit(saved_model, imports):
+    """The DESIGN contract: `import affectkit` alone registers every loss and metric, whether
+    Keras is imported before or after it."""
     path, data_path, _, _, _, expected = saved_model
     script = textwrap.dedent(
         f"""
-        import json, numpy as np, keras, affectkit
+        import json, numpy as np, {imports}
         data = dict(np.load({data_path!r}))
         x = data.pop("x")
         model = keras.saving.load_model({path!r}, compile=True)

@@ -1,60 +1,14 @@
-"""ABAW metrics: NumPy definitions against independent formulas and scikit-learn, and the
-streaming Keras metrics against the pooled values (uneven batches, MirroredStrategy)."""
+"""ABAW metrics: the NumPy definitions against independent formulas and scikit-learn, and
+the one AU decision rule shared by the NumPy metrics, the streaming Keras metrics and the
+official prediction files."""
 
-import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
 from affectkit import metrics
 from affectkit.labels import get_schema
-
-BATCHES = (7, 1, 13, 32)  # uneven batch sizes, 53 rows in all
-
-
-def reference_ccc(x, y):
-    """CCC through Pearson's r: 2 r sx sy / (sx^2 + sy^2 + (mx - my)^2)."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    sx, sy = x.std(), y.std()
-    r = np.corrcoef(x, y)[0, 1]
-    return 2 * r * sx * sy / (sx**2 + sy**2 + (x.mean() - y.mean()) ** 2)
-
-
-def random_va(rng, n, missing=0.2):
-    y_true = rng.uniform(-1, 1, (n, 2)).astype(np.float32)
-    y_pred = np.clip(0.6 * y_true + rng.normal(0.1, 0.3, (n, 2)), -1, 1).astype(np.float32)
-    y_true[rng.random((n, 2)) < missing] = -5.0
-    return y_true, y_pred
-
-
-def random_expr(rng, n, classes, missing=0.2):
-    y_true = rng.integers(0, classes, n)
-    y_true[rng.random(n) < missing] = -1
-    logits = rng.normal(size=(n, classes)) + 1.5 * np.eye(classes)[np.maximum(y_true, 0)]
-    probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    return y_true, probabilities.astype(np.float32)
-
-
-def random_au(rng, n, aus, missing=0.15):
-    y_true = (rng.random((n, aus)) < 0.3).astype(np.int64)
-    y_pred = np.clip(0.5 * y_true + rng.random((n, aus)) * 0.7, 0, 1).astype(np.float32)
-    y_true[rng.random((n, aus)) < missing] = -1
-    return y_true, y_pred
-
-
-def sklearn_au(y_true, y_pred, threshold=0.5):
-    f1s, correct, count = [], 0, 0
-    for k in range(y_true.shape[1]):
-        valid = y_true[:, k] != -1
-        predicted = (y_pred[valid, k] > threshold).astype(int)
-        f1s.append(f1_score(y_true[valid, k], predicted, labels=[0, 1], zero_division=0))
-        correct += np.sum(predicted == y_true[valid, k])
-        count += valid.sum()
-    return np.mean(f1s), f1s, correct / count
-
-
-# --- NumPy definitions --------------------------------------------------------------------
+from tests.metric_references import random_au, random_expr, random_va, reference_ccc, sklearn_au
 
 
 def test_ccc_matches_pearson_form_and_handles_constants():
@@ -125,7 +79,7 @@ def test_au_metrics_match_sklearn():
     assert scores["f1"] == pytest.approx(mean_f1, abs=1e-12)
     np.testing.assert_allclose(scores["f1_per_au"], per_au)
     assert scores["accuracy"] == pytest.approx(accuracy)
-    binary = metrics.au_metrics(y_true, (y_pred > 0.5).astype(int))
+    binary = metrics.au_metrics(y_true, (y_pred >= 0.5).astype(int))
     assert binary["f1"] == pytest.approx(mean_f1)
     nested = metrics.au_metrics(y_true.reshape(30, 10, 12), y_pred.reshape(30, 10, 12))
     assert nested["accuracy"] == pytest.approx(accuracy)
@@ -199,188 +153,46 @@ def test_chance_baselines():
     assert mtl["score"] == pytest.approx(expected + au_f1)
 
 
-# --- streaming Keras metrics ---------------------------------------------------------------
+# --- the one AU decision rule --------------------------------------------------------------
 
 
-def stream(metric, y_true, y_pred, sizes=BATCHES, sample_weight=None):
-    start = 0
-    for size in sizes:
-        stop = start + size
-        weight = None if sample_weight is None else sample_weight[start:stop]
-        metric.update_state(y_true[start:stop], y_pred[start:stop], sample_weight=weight)
-        start = stop
-    assert start == len(y_true)
-    return float(metric.result())
+def test_au_probability_of_exactly_the_threshold_is_present_everywhere(tmp_path):
+    """p = 0.5 counts as present (p >= 0.5) in the NumPy metrics, the streaming Keras
+    metrics and the official files, so a run's metrics equal the score of its files."""
+    import pandas as pd
 
+    from affectkit import streaming_metrics
+    from affectkit.data.affwild2 import write_annotation_file
+    from affectkit.evaluation.challenge_files import decode_outputs, write_official_predictions
+    from affectkit.evaluation.scoring import evaluate_files
 
-def test_ccc_metric_pools_uneven_batches():
-    rng = np.random.default_rng(10)
-    y_true, y_pred = random_va(rng, sum(BATCHES))
-    expected = metrics.va_metrics(y_true, y_pred)
-    assert stream(metrics.ConcordanceCorrelation(), y_true, y_pred) == pytest.approx(expected["va"], abs=1e-6)
-    for dimension, name in enumerate(("valence", "arousal")):
-        metric = metrics.ConcordanceCorrelation(dimension=dimension)
-        assert metric.name == f"ccc_{name}"
-        assert stream(metric, y_true, y_pred) == pytest.approx(expected[name], abs=1e-6)
-    # (B, T, 2) sequence outputs
-    metric = metrics.ConcordanceCorrelation()
-    metric.update_state(y_true[:52].reshape(4, 13, 2), y_pred[:52].reshape(4, 13, 2))
-    assert float(metric.result()) == pytest.approx(metrics.va_metrics(y_true[:52], y_pred[:52])["va"], abs=1e-6)
-    # reset, and a constant prediction: CCC 0 without NaN
-    metric.reset_state()
-    assert float(metric.result()) == 0.0
-    metric.update_state(y_true, np.zeros_like(y_pred))
-    assert float(metric.result()) == 0.0
+    assert metrics.AU_THRESHOLD == 0.5
+    column_labels = np.array([1, 0, 1, 0])
+    column_probabilities = np.array([0.5, 0.4999, 0.7, 0.5], dtype=np.float32)
+    decided = np.array([1, 0, 1, 1])  # by hand: 0.5 is present
+    labels = np.repeat(column_labels[:, None], 12, axis=1)
+    probabilities = np.repeat(column_probabilities[:, None], 12, axis=1)
+    expected_f1 = f1_score(column_labels, decided)  # tp 2, fp 1, fn 0: 0.8
+    assert expected_f1 == pytest.approx(0.8)
 
+    numpy_scores = metrics.au_metrics(labels, probabilities)
+    assert numpy_scores["f1"] == pytest.approx(expected_f1)
+    assert numpy_scores["accuracy"] == pytest.approx(0.75)
 
-def test_ccc_metric_keeps_float64_precision_on_large_sets():
-    # 200k frames around a large offset: float32 sums of squares would lose the variance.
-    rng = np.random.default_rng(11)
-    x = 0.9 + 0.01 * rng.normal(size=(200_000, 2))
-    y = x + 0.01 * rng.normal(size=x.shape)
-    metric = metrics.ConcordanceCorrelation()
-    for chunk in np.array_split(np.arange(len(x)), 4):
-        metric.update_state(x[chunk], y[chunk])
-    assert float(metric.result()) == pytest.approx(metrics.va_metrics(x, y)["va"], abs=1e-5)
+    f1_metric = streaming_metrics.MaskedAUF1(12)
+    accuracy_metric = streaming_metrics.MaskedAUAccuracy()
+    for metric in (f1_metric, accuracy_metric):
+        metric.update_state(labels, probabilities)
+    assert float(f1_metric.result()) == pytest.approx(expected_f1)
+    assert float(accuracy_metric.result()) == pytest.approx(0.75)
 
-
-def test_sample_weight_equals_repeated_rows():
-    rng = np.random.default_rng(12)
-    y_true, y_pred = random_va(rng, 40)
-    weights = rng.integers(0, 3, 40)
-    repeated = np.repeat(np.arange(40), weights)
-    metric = metrics.ConcordanceCorrelation()
-    metric.update_state(y_true, y_pred, sample_weight=weights)
-    assert float(metric.result()) == pytest.approx(metrics.va_metrics(y_true[repeated], y_pred[repeated])["va"], abs=1e-6)
-    labels, probabilities = random_expr(rng, 40, 8)
-    metric = metrics.MaskedMacroF1(8)
-    metric.update_state(labels, probabilities, sample_weight=weights)
-    expected = metrics.expr_metrics(labels[repeated], probabilities[repeated], 8)["f1"]
-    assert float(metric.result()) == pytest.approx(expected, abs=1e-6)
-
-
-def test_classification_metrics_pool_uneven_batches():
-    rng = np.random.default_rng(13)
-    n = sum(BATCHES)
-    labels, probabilities = random_expr(rng, n, 8)
-    valid = labels != -1
-    predicted = probabilities.argmax(-1)
-    f1 = f1_score(labels[valid], predicted[valid], average="macro", labels=range(8), zero_division=0)
-    assert stream(metrics.MaskedMacroF1(8), labels, probabilities) == pytest.approx(f1, abs=1e-6)
-    assert stream(metrics.MaskedMacroF1(8), labels[:, None], probabilities) == pytest.approx(f1, abs=1e-6)
-    accuracy = accuracy_score(labels[valid], predicted[valid])
-    assert stream(metrics.MaskedAccuracy(), labels, probabilities) == pytest.approx(accuracy, abs=1e-6)
-
-    au_true, au_prob = random_au(rng, n, 12)
-    au_f1, _, au_acc = sklearn_au(au_true, au_prob)
-    assert stream(metrics.MaskedAUF1(12), au_true, au_prob) == pytest.approx(au_f1, abs=1e-6)
-    assert stream(metrics.MaskedAUAccuracy(), au_true, au_prob) == pytest.approx(au_acc, abs=1e-6)
-    au_f1_high, _, _ = sklearn_au(au_true, au_prob, threshold=0.7)
-    assert stream(metrics.MaskedAUF1(12, threshold=0.7), au_true, au_prob) == pytest.approx(au_f1_high, abs=1e-6)
-
-    # (B, T, ...) sequence outputs and reset
-    metric = metrics.MaskedMacroF1(8)
-    metric.update_state(labels[:52].reshape(4, 13), probabilities[:52].reshape(4, 13, 8))
-    expected = f1_score(labels[:52][valid[:52]], predicted[:52][valid[:52]], average="macro",
-                        labels=range(8), zero_division=0)
-    assert float(metric.result()) == pytest.approx(expected, abs=1e-6)
-    metric.reset_state()
-    assert float(metric.result()) == 0.0
-    metric = metrics.MaskedAUF1(12)
-    metric.update_state(au_true[:52].reshape(4, 13, 12), au_prob[:52].reshape(4, 13, 12))
-    assert float(metric.result()) == pytest.approx(sklearn_au(au_true[:52], au_prob[:52])[0], abs=1e-6)
-
-
-def all_metrics():
-    return [
-        metrics.ConcordanceCorrelation(),
-        metrics.ConcordanceCorrelation(dimension=1, name="arousal_ccc"),
-        metrics.MaskedMacroF1(num_classes=8),
-        metrics.MaskedAccuracy(),
-        metrics.MaskedAUF1(num_aus=12, threshold=0.4),
-        metrics.MaskedAUAccuracy(threshold=0.6),
-    ]
-
-
-@pytest.mark.parametrize("metric", all_metrics(), ids=lambda m: m.name)
-def test_metric_serialization_round_trip(metric):
-    serialized = keras.saving.serialize_keras_object(metric)
-    assert serialized["registered_name"] == f"affectkit>{type(metric).__name__}"
-    clone = keras.saving.deserialize_keras_object(serialized)
-    assert type(clone) is type(metric)
-    assert clone.get_config() == metric.get_config()
-
-
-def test_metrics_under_mirrored_strategy_give_pooled_values():
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    assert strategy.num_replicas_in_sync == 2
-    rng = np.random.default_rng(14)
-    n = 53  # batches of 8 split 4/4 across replicas, last one uneven
-    va_true, va_pred = random_va(rng, n)
-    expr_true, expr_prob = random_expr(rng, n, 8)
-    au_true, au_prob = random_au(rng, n, 12)
-    with strategy.scope():
-        ccc = metrics.ConcordanceCorrelation()
-        f1, accuracy = metrics.MaskedMacroF1(8), metrics.MaskedAccuracy()
-        au_f1, au_accuracy = metrics.MaskedAUF1(12), metrics.MaskedAUAccuracy()
-    assert all(v.dtype == "float64" for v in ccc.variables)
-    dataset = tf.data.Dataset.from_tensor_slices(
-        ((va_true, va_pred), (expr_true, expr_prob), (au_true, au_prob))
-    ).batch(8)
-
-    @tf.function
-    def update(va, expr, au):
-        ccc.update_state(*va)
-        f1.update_state(*expr)
-        accuracy.update_state(*expr)
-        au_f1.update_state(*au)
-        au_accuracy.update_state(*au)
-
-    replica_batches = []
-
-    @tf.function
-    def rows(va):
-        return tf.shape(va[0])[0]
-
-    for batch in strategy.experimental_distribute_dataset(dataset):
-        strategy.run(update, args=batch)
-        replica_batches.append(strategy.experimental_local_results(strategy.run(rows, args=(batch[0],))))
-    assert all(len(sizes) == 2 for sizes in replica_batches)  # both replicas got data
-
-    valid = expr_true != -1
-    predicted = expr_prob.argmax(-1)
-    expected_au_f1, _, expected_au_acc = sklearn_au(au_true, au_prob)
-    assert float(ccc.result()) == pytest.approx(metrics.va_metrics(va_true, va_pred)["va"], abs=1e-6)
-    assert float(f1.result()) == pytest.approx(
-        f1_score(expr_true[valid], predicted[valid], average="macro", labels=range(8), zero_division=0), abs=1e-6)
-    assert float(accuracy.result()) == pytest.approx(accuracy_score(expr_true[valid], predicted[valid]), abs=1e-6)
-    assert float(au_f1.result()) == pytest.approx(expected_au_f1, abs=1e-6)
-    assert float(au_accuracy.result()) == pytest.approx(expected_au_acc, abs=1e-6)
-    ccc.reset_state()
-    assert float(ccc.result()) == 0.0
-
-    # The same metrics through Keras' own distributed evaluate loop. With every expression
-    # labelled, the logged masked loss is the pooled mean cross-entropy only if the loss is
-    # scaled for the replicas as Keras' built-in losses are (48 rows: equal replica batches).
-    from affectkit.losses import MaskedCategoricalCrossentropy, MaskedCCCLoss
-
-    m = 48
-    va_true, va_pred, expr_prob, predicted = va_true[:m], va_pred[:m], expr_prob[:m], predicted[:m]
-    expr_full = np.where(expr_true[:m] == -1, 2, expr_true[:m])
-    with strategy.scope():
-        inputs = [keras.Input((2,), name="va_in"), keras.Input((8,), name="expr_in")]
-        outputs = {name: keras.layers.Identity(name=name)(x) for name, x in zip(("va", "expr"), inputs)}
-        model = keras.Model(inputs, outputs)
-        model.compile(
-            loss={"va": MaskedCCCLoss(), "expr": MaskedCategoricalCrossentropy()},
-            metrics={"va": [metrics.ConcordanceCorrelation()], "expr": [metrics.MaskedMacroF1(8)]},
-        )
-    results = model.evaluate(
-        [va_pred, expr_prob], {"va": va_true, "expr": expr_full},
-        batch_size=8, verbose=0, return_dict=True,
-    )
-    assert results["va_ccc"] == pytest.approx(metrics.va_metrics(va_true, va_pred)["va"], abs=1e-6)
-    assert results["expr_macro_f1"] == pytest.approx(
-        f1_score(expr_full, predicted, average="macro", labels=range(8), zero_division=0), abs=1e-6)
-    pooled_ce = -np.mean(np.log(np.clip(expr_prob[np.arange(m), expr_full], 1e-7, 1)))
-    assert results["expr_loss"] == pytest.approx(pooled_ce, rel=1e-5)
+    np.testing.assert_array_equal(decode_outputs({"au": probabilities})["au"][:, 0], decided)
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    write_annotation_file(str(gt / "video1.txt"), "au", labels, "abaw3")
+    frames = pd.DataFrame({"video": ["video1"] * 4, "frame": [1, 2, 3, 4]})
+    written = write_official_predictions(str(tmp_path / "pred"), frames, {"au": probabilities},
+                                         "abaw3")
+    file_scores = evaluate_files("abaw3", "au", str(gt), written["au"])
+    assert file_scores["f1"] == pytest.approx(expected_f1)
+    assert file_scores["accuracy"] == pytest.approx(0.75)

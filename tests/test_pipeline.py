@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from affectkit.data import pipeline
-from affectkit.data.affwild2 import FrameIndex
+from affectkit.data.affwild2 import FrameIndex, write_annotation_file
 from affectkit.labels import get_schema
 
 SCHEMA = get_schema("abaw3")
@@ -79,6 +79,9 @@ def data(tmp_path_factory):
     ]
     frames["has_image"] = np.array([r[2] for r in rows], bool)
     frames["image_frame"] = np.array([r[3] for r in rows], np.int64)
+    # Both views hold the same frames here.
+    frames["has_image_cropped"] = frames["has_image"]
+    frames["image_frame_cropped"] = frames["image_frame"]
     expected = {"va": np.stack([valence, arousal], 1), "expr": expr.astype(np.int32),
                 "au": au.astype(np.float32)}
     return _make_index(frames), frames, expected
@@ -163,6 +166,48 @@ def test_skip_and_fill_rows(data):
     pos = rows.index[(rows["video"] == "vid_a") & (rows["frame"] == 3)][0]
     np.testing.assert_array_equal(fill[pos], fill[pos - 1])
     np.testing.assert_array_equal(fill[pos], _cv2_rgb(rows.loc[pos, "image_aligned"]))
+
+
+def test_each_view_reads_its_own_images(tmp_path):
+    """A frame deleted from `cropped/` only: skipped (or filled from the nearest cropped
+    frame) in the cropped view; the aligned view still reads it."""
+    rng = np.random.default_rng(5)
+    root = tmp_path / "aff"
+    write_annotation_file(root / "EXPR_Classification_Challenge" / "Train_Set" / "v.txt",
+                          "expr", np.array([0, 1, 2, 3, 4, 5]), SCHEMA)
+    for view in ("cropped_aligned", "cropped"):
+        os.makedirs(root / view / "v")
+        for k in range(1, 7):
+            if not (view == "cropped" and k == 4):
+                cv2.imwrite(str(root / view / "v" / f"{k:05d}.jpg"),
+                            _random_face(rng, SIZE, SIZE), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    index = FrameIndex.from_affwild2(str(root), SCHEMA, "train", tasks=("expr",))
+    filled = FrameIndex.from_affwild2(str(root), SCHEMA, "train", tasks=("expr",),
+                                      fill_missing_images=True)
+
+    def read(index, view, missing_images):
+        return _collect(pipeline.frame_dataset(index, tasks=("expr",), batch_size=4,
+                                               image_size=SIZE, view=view,
+                                               missing_images=missing_images,
+                                               normalization=None))
+
+    def cv2_frames(view, numbers):
+        return np.stack([_cv2_rgb(str(root / view / "v" / f"{k:05d}.jpg")) for k in numbers])
+
+    aligned, aligned_labels = read(index, "aligned", "skip")
+    np.testing.assert_array_equal(aligned, cv2_frames("cropped_aligned", range(1, 7)))
+    assert aligned_labels["expr"].tolist() == [0, 1, 2, 3, 4, 5]
+    cropped, cropped_labels = read(index, "cropped", "skip")
+    np.testing.assert_array_equal(cropped, cv2_frames("cropped", [1, 2, 3, 5, 6]))
+    assert cropped_labels["expr"].tolist() == [0, 1, 2, 4, 5]
+    assert pipeline.label_arrays(index, "expr", view="cropped")["expr"].tolist() == [0, 1, 2, 4, 5]
+    assert pipeline.frame_rows(index, view="cropped")["frame"].tolist() == [1, 2, 3, 5, 6]
+    # Filled: frame 4 reads cropped frame 3 (tie 3 / 5 -> the earlier), keeping its label.
+    cropped_fill, fill_labels = read(filled, "cropped", "fill")
+    np.testing.assert_array_equal(cropped_fill, cv2_frames("cropped", [1, 2, 3, 3, 5, 6]))
+    assert fill_labels["expr"].tolist() == [0, 1, 2, 3, 4, 5]
+    aligned_fill, _ = read(filled, "aligned", "fill")
+    np.testing.assert_array_equal(aligned_fill, cv2_frames("cropped_aligned", range(1, 7)))
 
 
 def _order(ds):

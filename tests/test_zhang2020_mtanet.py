@@ -1,6 +1,6 @@
-"""MTANet (zhang2020_mtanet): tiny model build, safe-mode reload, end-to-end recipe, resume."""
+"""MTANet (zhang2020_mtanet): the recipe end to end at tiny size, resume after a kill, and
+the cpu_demo preset against its chance baselines (slow)."""
 
-import copy
 import json
 import os
 import signal
@@ -9,48 +9,45 @@ import sys
 import textwrap
 import time
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
 
-from affectkit.models.builders import mtanet
-from recipes import zhang2020_mtanet
+from affectkit import presets
+from affectkit.models import AffectModel, label_schema
+from affectkit.recipes import get_recipe
 from tests.keras_checks import REPO_ROOT, assert_reloads_in_fresh_process
 
-TINY_BACKBONE = {"depths": (1, 1, 1, 1), "stem_width": 8, "widths": (16, 32, 64, 128)}
+TINY = ["model.image_size=32", "data.batch_size=16", "data.augment=false",
+        "run.backup_every=2", 'model.backbone={"name": "senet50", "depths": [1, 1, 1, 1], '
+        '"stem_width": 8, "widths": [16, 32, 64, 128]}', "model.neck.width=16"]
 
 
-def tiny_config(recipe, **overrides):
-    config = copy.deepcopy(recipe.PRESETS["cpu_demo"])
-    config.update(image_size=32, backbone_config=TINY_BACKBONE, neck_width=16,
-                  batch_size=16, stage1_epochs=1, stage2_epochs=1, augment=False,
-                  backup_every=2)
-    config.update(overrides)
-    return config
+def tiny_config(epochs=1, sets=()):
+    return presets.resolve("zhang2020_mtanet", "cpu_demo", sets=[*TINY, *sets], epochs=epochs)
 
 
-@pytest.mark.parametrize("backbone", ["senet50", "resnext50_cbam"])
-def test_tiny_mtanet_outputs_and_fresh_process_reload(backbone, tmp_path):
-    overrides = dict(TINY_BACKBONE)
-    if backbone == "resnext50_cbam":
-        overrides.update(groups=4, bottleneck_widths=(8, 16, 32, 64))
-    model = mtanet("abaw1", input_shape=(32, 32, 3), backbone=backbone,
-                   backbone_config=overrides, neck_width=16)
+def test_resnext_cbam_ablation_backbone_reloads(tmp_path):
+    model = AffectModel.from_preset(
+        "zhang2020_mtanet", image_size=32,
+        backbone={"name": "resnext50_cbam", "depths": [1, 1, 1, 1], "stem_width": 8,
+                  "widths": [16, 32, 64, 128], "bottleneck_widths": [8, 16, 32, 64],
+                  "groups": 4})
     images = np.random.default_rng(0).random((3, 32, 32, 3)).astype("float32")
     outputs = model.predict(images, verbose=0)
-    assert outputs["va"].shape == (3, 2)
-    assert outputs["expr"].shape == (3, 7)
+    assert (outputs["va"].shape, outputs["expr"].shape, outputs["au"].shape) == \
+        ((3, 2), (3, 7), (3, 8))
     np.testing.assert_allclose(outputs["expr"].sum(-1), 1.0, rtol=1e-5)
-    assert outputs["au"].shape == (3, 8)
     assert_reloads_in_fresh_process(model, images, tmp_path)
 
 
 def test_recipe_end_to_end(demo_root, tmp_path):
-    recipe = zhang2020_mtanet
     out = str(tmp_path / "run")
-    report = recipe.train(tiny_config(recipe), demo_root, out)
-    for name in ("model.keras", "metrics.json", "history.csv", "learning_curves.png",
-                 "confusion_matrix.png", "au_f1.png", "va.png"):
+    report = get_recipe("zhang2020_mtanet")(tiny_config(), demo_root, out, preset="cpu_demo").run()
+    for name in ("model.keras", "metrics.json", "config.json", "history.csv",
+                 "learning_curves.png", "confusion_matrix.png", "au_f1.png", "va.png",
+                 "predictions/validation.csv", "predictions/mtl_submission.txt"):
         assert os.path.exists(os.path.join(out, name)), name
     history = pd.read_csv(os.path.join(out, "history.csv"))
     assert list(history["stage"]) == ["stage1_sum", "stage2_uncertainty"]
@@ -58,12 +55,22 @@ def test_recipe_end_to_end(demo_root, tmp_path):
     saved = json.load(open(os.path.join(out, "metrics.json")))
     for key in ("va_valence", "va_arousal", "va_score", "expr_f1", "au_f1", "score"):
         assert key in saved["validation"]
-    # The official files written from the best model score exactly as the in-memory scores:
-    # the same frames (those with images) are predicted, the others from their nearest frame.
+    assert set(saved["chance_baselines"]) == {"va", "expr", "au", "mtl"}
     assert set(report["official"]) == {"va", "expr", "au"}
-    assert os.path.exists(os.path.join(out, "predictions", "mtl_submission.txt"))
     weights = json.load(open(os.path.join(out, "state", "stage2_uncertainty.json")))
     assert set(weights["task_weights"]) == {"va", "expr", "au"}
+
+    record = json.load(open(os.path.join(out, "config.json")))
+    assert record["recipe"] == "zhang2020_mtanet" and record["preset"] == "cpu_demo"
+    assert record["config"]["model"]["image_size"] == 32
+    assert len(record["annotations_sha1"]) == 40 and record["versions"]["keras"]
+    predictions = pd.read_csv(os.path.join(out, "predictions", "validation.csv"))
+    from affectkit.data.affwild2 import FrameIndex
+
+    annotated = FrameIndex.from_affwild2(demo_root, "abaw3", "val", fill_missing_images=True)
+    assert len(predictions) == len(annotated)
+    model = keras.saving.load_model(os.path.join(out, "model.keras"))
+    assert label_schema(model).edition == "abaw3" and model.view == "aligned"
 
 
 def test_killed_run_resumes_when_rerun(demo_root, tmp_path):
@@ -73,15 +80,17 @@ def test_killed_run_resumes_when_rerun(demo_root, tmp_path):
     script.write_text(textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {REPO_ROOT!r})
-        from recipes import zhang2020_mtanet as recipe
+        from affectkit.recipes import get_recipe
         from tests.test_zhang2020_mtanet import tiny_config
-        recipe.train(tiny_config(recipe, stage1_epochs=4, stage2_epochs=1), {demo_root!r}, {out!r})
+        config = tiny_config(sets=["stages.stage1_sum.epochs=4", "stages.stage2_uncertainty.epochs=1"],
+                             epochs=None)
+        get_recipe("zhang2020_mtanet")(config, {demo_root!r}, {out!r}).run()
     """))
     env = dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="2", CI="1")
     metadata = os.path.join(out, "state", "stage1_sum_backup", "training_metadata.json")
     first = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.time() + 240
+    deadline = time.time() + 300
     killed_at = None
     while time.time() < deadline and first.poll() is None:
         try:
@@ -103,17 +112,15 @@ def test_killed_run_resumes_when_rerun(demo_root, tmp_path):
     assert f"resuming from its backup at epoch {killed_at['epoch'] + 1}" in second.stdout
     history = pd.read_csv(os.path.join(out, "history.csv"))
     stage1 = history[history["stage"] == "stage1_sum"]
-    # No epoch of stage 1 ran twice: epochs 0..3 each appear once.
-    assert sorted(stage1["epoch"]) == [0, 1, 2, 3]
+    assert sorted(stage1["epoch"]) == [0, 1, 2, 3]  # no epoch of stage 1 ran twice
     assert rows_before >= 1
 
 
 @pytest.mark.slow
 def test_cpu_demo_beats_every_chance_baseline(default_demo_root, tmp_path):
     """`make demo`'s training (cpu_demo preset on the default demo data, minutes)."""
-    recipe = zhang2020_mtanet
-    report = recipe.train(copy.deepcopy(recipe.PRESETS["cpu_demo"]), default_demo_root,
-                          str(tmp_path / "run"))
+    config = presets.resolve("zhang2020_mtanet", "cpu_demo")
+    report = get_recipe("zhang2020_mtanet")(config, default_demo_root, str(tmp_path / "run")).run()
     for task in ("va", "expr", "au"):
         model, chance = report["validation"][f"{task}_score"], report["chance_baselines"][task]["score"]
         assert model > chance + 0.05, (task, model, chance)

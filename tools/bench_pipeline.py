@@ -96,9 +96,11 @@ def synthetic_index(root, frames, size=112, videos=10, seed=0):
     for name in schema.aus:
         table[name] = rng.integers(-1, 2, n).astype(np.int64)
     table["image_aligned"] = [r[2] for r in rows]
-    table["image_cropped"] = [r[2] for r in rows]
+    table["image_cropped"] = [r[2] for r in rows]  # one set of images serves both views
     table["has_image"] = True
     table["image_frame"] = table["frame"]
+    table["has_image_cropped"] = True
+    table["image_frame_cropped"] = table["frame"]
     return FrameIndex(table, schema, root)
 
 

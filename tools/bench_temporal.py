@@ -4,7 +4,7 @@ The STAT + LSTM model of Do et al. (ABAW 2020, `recipes/do2020_stat_temporal.py`
 Table I model 6) trains on windows of s frames. Two ways to feed it, timed here at equal
 batch size, window, head and optimizer:
 
-    cache      the face model ran once per frame (`affectkit.data.features`); each step
+    cache      the face model ran once per frame (`affectkit.features`); each step
                gathers its windows of cached features from the resident matrix
                (`window_dataset`, class-balanced, shuffled) and trains the head only
     recompute  every step runs the frozen face model over the s frames of every window (the
@@ -89,8 +89,8 @@ def synthetic_index(schema, videos, frames, seed):
     }
     for au in schema.aus:
         table[au] = rng.integers(0, 2, n)
-    table.update(image_aligned="", image_cropped="", has_image=True,
-                 image_frame=table["frame"])
+    table.update(image_aligned="", image_cropped="", has_image=True, image_frame=table["frame"],
+                 has_image_cropped=True, image_frame_cropped=table["frame"])
     return FrameIndex(pd.DataFrame(table)[frame_columns(schema)], schema)
 
 

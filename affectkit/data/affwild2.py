@@ -6,10 +6,14 @@ Readers validate strictly: a bad file raises `AnnotationError` naming the file, 
 Layout (REFERENCE section 2):
 
     <root>/cropped_aligned/<video>/<n:05d>.jpg      aligned 112x112 faces, n 1-based
-    <root>/cropped/<video>/<n:05d>.jpg              faces with context
+                                                   (the "aligned" view)
+    <root>/cropped/<video>/<n:05d>.jpg              faces with context (the "cropped" view)
     <root>/<task folder>/<split folder>/<video>.txt per-task, per-video annotations
     <root>/<MTL file>                              MTL single file (ABAW3/4)
     <root>/videos/<video>.mp4                      source videos (`_left`/`_right` share one)
+
+A frame image is a file named exactly `frame_file_name(n)` (`list_frame_images`); which
+frames have one is worked out per view, since a frame can be missing in one view only.
 """
 
 import csv
@@ -17,6 +21,7 @@ import io
 import os
 import re
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -43,6 +48,10 @@ _MTL_FILES_ABAW4 = {
     "val": "validation_set_annotations.txt",
 }
 MTL_SUBMISSION_HEADER = "image,valence,arousal,expression,aus"
+
+# Image views: name -> folder of the layout.
+VIEW_FOLDERS = {"aligned": "cropped_aligned", "cropped": "cropped"}
+VIEWS = tuple(VIEW_FOLDERS)
 
 
 def _check_split(split):
@@ -130,7 +139,6 @@ def image_names(frames):
 
 # ---------------------------------------------------------------------- errors
 
-IMAGE_COLUMNS = ("image_aligned", "image_cropped", "has_image", "image_frame")
 _NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 
 
@@ -142,10 +150,48 @@ class AnnotationNotFoundError(AnnotationError, FileNotFoundError):
     """A missing annotation file or folder (both an `AnnotationError` and a `FileNotFoundError`)."""
 
 
+# ---------------------------------------------------------------------- frame columns
+
+
+class ViewColumns(NamedTuple):
+    """The `FrameIndex.frames` columns of one view's images.
+
+    Attributes:
+        path: the image used for the frame in this view (absolute path, `""` when none).
+        has_image: the frame's own image exists in this view's folder.
+        image_frame: the frame whose image is used (the frame itself, the nearest one with
+            an image when filled, or -1).
+    """
+
+    path: str
+    has_image: str
+    image_frame: str
+
+
+VIEW_COLUMNS = {
+    "aligned": ViewColumns("image_aligned", "has_image", "image_frame"),
+    "cropped": ViewColumns("image_cropped", "has_image_cropped", "image_frame_cropped"),
+}
+IMAGE_COLUMNS = ("image_aligned", "image_cropped", "has_image", "image_frame",
+                 "has_image_cropped", "image_frame_cropped")
+
+
 def frame_columns(schema):
     """The `FrameIndex.frames` column names, in order, for a schema (or edition name)."""
     schema = get_schema(schema)
     return ["video", "frame", "valence", "arousal", "expr", *schema.aus, *IMAGE_COLUMNS]
+
+
+def view_columns(view):
+    """The `ViewColumns` of a view: `"aligned"` (`cropped_aligned/`) or `"cropped"` (`cropped/`).
+
+    Example:
+    >>> view_columns("cropped").has_image
+    'has_image_cropped'
+    """
+    if view not in VIEW_COLUMNS:
+        raise ValueError(f"Unknown view {view!r}: expected one of {VIEWS}.")
+    return VIEW_COLUMNS[view]
 
 
 def _check_task(task):
@@ -706,23 +752,64 @@ def write_mtl_submission(path, index_or_frames, va, expr, au, schema=None):
 # ---------------------------------------------------------------------- images
 
 
-def _list_image_frames(folder):
-    """Sorted frame numbers n of the files named exactly `f"{n:05d}.jpg"` in one folder.
+def list_frame_images(folder):
+    """The frame images of one video folder (`<root>/<view folder>/<video>`), by frame number.
 
-    One directory listing per video instead of one `os.path.exists` per frame.
+    The one rule of which files are frame images, shared by `FrameIndex` and feature
+    extraction: a file named exactly `frame_file_name(n)`, i.e. `f"{n:05d}.jpg"` for a
+    1-based frame number n (`00001.jpg`, `123456.jpg`). Any other name is not a frame
+    image: `1.jpg`, `0002.jpg`, `000005.jpg` (not the zero-padded name), `00001.JPG`,
+    `00003.png`, `00000.jpg` (frame 0), `notes.txt`. A missing folder has no images.
+    One directory listing per folder, no per-frame `os.path.exists` or `stat`.
+
+    Args:
+        folder: one video's folder of one view.
+    Returns:
+        `(frames, paths)`: int64 `(n,)` frame numbers, ascending, and the list of their
+        paths (`folder` joined with the file name).
+
+    Example:
+    >>> frames, paths = list_frame_images("/data/affwild2/cropped/1-30-1280x720")  # doctest: +SKIP
     """
+    folder = os.fspath(folder)
     try:
-        with os.scandir(folder) as entries:
-            stems = [e.name[:-4] for e in entries if e.name.endswith(".jpg")]
+        stems = [name[:-4] for name in os.listdir(folder) if name.endswith(".jpg")]
     except (FileNotFoundError, NotADirectoryError):
         stems = []
-    numbers = [
-        int(stem)
-        for stem in stems
-        if stem.isdigit() and stem.isascii() and (len(stem) == 5 or stem[0] != "0")
-        and len(stem) >= 5
+    stems = [
+        stem for stem in stems
+        if stem.isascii() and stem.isdigit()
+        and (len(stem) == 5 or (len(stem) > 5 and stem[0] != "0")) and stem != "00000"
     ]
-    return np.unique(np.asarray(numbers, np.int64))
+    numbers = np.array(stems, dtype=np.int64) if stems else np.zeros(0, np.int64)
+    order = np.argsort(numbers, kind="stable")
+    prefix = os.path.join(folder, "")
+    return numbers[order], [prefix + stems[i] + ".jpg" for i in order.tolist()]
+
+
+def video_names(root, edition=None, split="all"):
+    """Video names of an Aff-Wild2 folder: every video folder of `cropped_aligned/` or
+    `cropped/` (`"all"`), or the videos of a split's annotation folders (`"train"` /
+    `"val"`, which need `edition`)."""
+    root = os.path.abspath(os.fspath(root))
+    if split == "all":
+        names = set()
+        for view_folder in VIEW_FOLDERS.values():
+            folder = os.path.join(root, view_folder)
+            if os.path.isdir(folder):
+                with os.scandir(folder) as entries:
+                    names.update(e.name for e in entries if e.is_dir())
+        return sorted(names)
+    if split not in ("train", "val"):
+        raise ValueError(f"Unknown split {split!r}: expected 'train', 'val' or 'all'.")
+    if edition is None:
+        raise ValueError(
+            f"split={split!r} needs the ABAW edition (folder names differ by edition); "
+            "pass edition=..., or split='all'."
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a folder without images is reported later
+        return FrameIndex.from_affwild2(root, edition, split).videos
 
 
 def _match_images(frames, available, fill):
@@ -742,36 +829,30 @@ def _match_images(frames, available, fill):
 
 
 def _image_columns(videos, frames, root, fill):
-    """The four image columns for rows sorted by video then frame."""
+    """The image columns (`IMAGE_COLUMNS`) of rows sorted by video then frame, per view:
+    each view's availability comes from its own folder (`VIEW_FOLDERS`)."""
     n = len(frames)
-    has_image = np.zeros(n, bool)
-    image_frame = np.full(n, -1, np.int64)
-    aligned = cropped = None
-    if root is not None:
-        aligned = os.path.join(root, "cropped_aligned")
-        cropped = os.path.join(root, "cropped")
-        if n and os.path.isdir(aligned):
-            starts = np.flatnonzero(np.r_[True, videos[1:] != videos[:-1]])
-            stops = np.r_[starts[1:], n]
-            for start, stop in zip(starts, stops):
-                available = _list_image_frames(os.path.join(aligned, str(videos[start])))
-                has_image[start:stop], image_frame[start:stop] = _match_images(
-                    frames[start:stop], available, fill
-                )
-    found = image_frame >= 0
-    names = [
-        f"{video}{os.sep}{number:05d}.jpg"
-        for video, number in zip(videos[found].tolist(), image_frame[found].tolist())
-    ]
+    starts = np.flatnonzero(np.r_[True, videos[1:] != videos[:-1]]) if n else np.zeros(0, int)
+    stops = np.r_[starts[1:], n].astype(int)
     columns = {}
-    for column, folder in (("image_aligned", aligned), ("image_cropped", cropped)):
+    for view, columns_of_view in VIEW_COLUMNS.items():
+        has_image = np.zeros(n, bool)
+        image_frame = np.full(n, -1, np.int64)
         paths = np.full(n, "", dtype=object)
-        if names:
-            paths[found] = [folder + os.sep + name for name in names]
-        columns[column] = paths
-    columns["has_image"] = has_image
-    columns["image_frame"] = image_frame
-    return columns
+        folder = None if root is None else os.path.join(root, VIEW_FOLDERS[view])
+        if folder is not None and n and os.path.isdir(folder):
+            for start, stop in zip(starts.tolist(), stops.tolist()):
+                available, listed = list_frame_images(os.path.join(folder, str(videos[start])))
+                has, used = _match_images(frames[start:stop], available, fill)
+                has_image[start:stop], image_frame[start:stop] = has, used
+                found = np.flatnonzero(used >= 0)
+                if len(found):
+                    listed = np.asarray(listed, dtype=object)
+                    paths[start + found] = listed[np.searchsorted(available, used[found])]
+        columns[columns_of_view.path] = paths
+        columns[columns_of_view.has_image] = has_image
+        columns[columns_of_view.image_frame] = image_frame
+    return {name: columns[name] for name in IMAGE_COLUMNS}
 
 
 def _warn_if_no_images(root, stacklevel=3):
@@ -848,13 +929,20 @@ class FrameIndex:
 
     `frames` columns, in order: `video` (str), `frame` (int64, 1-based), `valence`,
     `arousal` (float32, -5 missing), `expr` (int64, -1 missing), one int64 column per AU
-    of `schema.aus` (-1 missing), `image_aligned`, `image_cropped` (absolute path of the
-    `cropped_aligned` / `cropped` jpg used for the frame, `""` when none), `has_image`
-    (the frame's own `cropped_aligned/<video>/<frame:05d>.jpg` exists) and `image_frame`
-    (the frame whose image is used: `frame` itself, the nearest frame of the video with an
-    image when built with `fill_missing_images=True` (ties: the earlier one), or -1).
-    Rows are sorted by video then frame. Frames without an image are kept and flagged,
-    never dropped.
+    of `schema.aus` (-1 missing), then the image columns of each view (`view_columns`):
+
+        view        path             has_image            image_frame
+        "aligned"   image_aligned    has_image            image_frame
+        "cropped"   image_cropped    has_image_cropped    image_frame_cropped
+
+    `path`: absolute path of the view's jpg used for the frame, `""` when none;
+    `has_image`: the frame's own image (`list_frame_images`) exists in the view's folder
+    (`cropped_aligned/` or `cropped/`); `image_frame`: the frame whose image is used,
+    `frame` itself, the nearest frame of the video with an image in that view when built
+    with `fill_missing_images=True` (ties: the earlier one), or -1. Each view's columns
+    come from its own folder, so a frame missing in `cropped/` only is flagged there only;
+    `has_image` and `image_frame` without a suffix are the aligned view's. Rows are sorted
+    by video then frame. Frames without an image are kept and flagged, never dropped.
 
     Args:
         frames: DataFrame with the columns above (extra columns are kept).
@@ -899,7 +987,7 @@ class FrameIndex:
             split: `"train"` or `"val"`.
             tasks: tasks to read, any of `("va", "expr", "au")`.
             fill_missing_images: point frames without an image at the nearest frame of
-                the same video that has one.
+                the same video that has one, in each view separately.
         """
         schema = get_schema(edition)
         tasks = _check_tasks(tasks)
@@ -1027,16 +1115,16 @@ class FrameIndex:
         keep = self.frames["video"].isin(videos).to_numpy()
         return self._view(keep)
 
-    def with_images_only(self):
-        """A `FrameIndex` of the rows with an image to use (`image_frame >= 0`)."""
-        return self._view(self.frames["image_frame"].to_numpy() >= 0)
+    def with_images_only(self, view="aligned"):
+        """A `FrameIndex` of the rows with an image to use in `view` (its `image_frame >= 0`)."""
+        return self._view(self.frames[view_columns(view).image_frame].to_numpy() >= 0)
 
     def _view(self, keep):
         index = FrameIndex(self.frames[keep].reset_index(drop=True), self.schema, self.root)
         index.sources = self.sources
         return index
 
-    def summary(self):
+    def summary(self, view="aligned"):
         """Per-task counts, one row per task (`va`, `expr`, `au`).
 
         A frame is labelled for a task when its label is complete (va: valence and
@@ -1044,11 +1132,11 @@ class FrameIndex:
         `videos`: videos with at least one labelled frame; `frames`: labelled frames;
         `missing_labels`: the other rows of those videos (frames whose label of the task
         is missing or partial, so `frames + missing_labels` is the row count of those
-        videos); `frames_without_image`: labelled frames whose own image is absent
-        (`has_image` False), whether or not they were filled.
+        videos); `frames_without_image`: labelled frames whose own image is absent in
+        `view` (`"aligned"` or `"cropped"`), whether or not they were filled.
         """
         video = self.frames["video"]
-        has_image = self.frames["has_image"].to_numpy(bool)
+        has_image = self.frames[view_columns(view).has_image].to_numpy(bool)
         rows = []
         for task in TASKS:
             labelled = self._labelled(task)

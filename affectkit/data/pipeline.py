@@ -41,8 +41,9 @@ import inspect
 import numpy as np
 import tensorflow as tf
 
+from affectkit.data.affwild2 import view_columns
+
 TASKS = ("va", "expr", "au")
-VIEWS = {"aligned": "image_aligned", "cropped": "image_cropped"}
 MISSING_IMAGE_POLICIES = ("skip", "fill")
 NORMALIZATIONS = ("imagenet", "unit", "caffe")
 
@@ -73,35 +74,37 @@ def _check_tasks(tasks):
     return tasks
 
 
-def _row_mask(index, missing_images):
-    """Boolean mask over `index.frames` of the rows a dataset yields."""
+def _row_mask(index, missing_images, view="aligned"):
+    """Boolean mask over `index.frames` of the rows a dataset of `view` yields."""
     _check_choice("missing_images", missing_images, MISSING_IMAGE_POLICIES)
+    columns = view_columns(view)
     frames = index.frames
     if missing_images == "skip":
-        return frames["has_image"].to_numpy(dtype=bool)
-    return frames["image_frame"].to_numpy() >= 0
+        return frames[columns.has_image].to_numpy(dtype=bool)
+    return frames[columns.image_frame].to_numpy() >= 0
 
 
-def frame_rows(index, missing_images="skip"):
-    """The rows of `index.frames` a dataset yields, in unshuffled order.
+def frame_rows(index, missing_images="skip", view="aligned"):
+    """The rows of `index.frames` a dataset of `view` yields, in unshuffled order.
 
-    `"skip"` keeps frames whose own image exists (`has_image`); `"fill"` keeps every
-    frame that has an image to read, its own or the nearest one of its video
-    (`image_frame >= 0`). Use with an unshuffled dataset to put predictions back on
-    `video`/`frame`.
+    `"skip"` keeps frames whose own image exists in `view` (`has_image`, or
+    `has_image_cropped` for `"cropped"`); `"fill"` keeps every frame that has an image of
+    `view` to read, its own or the nearest one of its video (`image_frame >= 0`, or
+    `image_frame_cropped >= 0`). Use with an unshuffled dataset to put predictions back
+    on `video`/`frame`.
     """
-    return index.frames[_row_mask(index, missing_images)]
+    return index.frames[_row_mask(index, missing_images, view)]
 
 
-def label_arrays(index, tasks=TASKS, missing_images="skip"):
-    """Labels of exactly the rows `frame_dataset` yields, in unshuffled order.
+def label_arrays(index, tasks=TASKS, missing_images="skip", view="aligned"):
+    """Labels of exactly the rows `frame_dataset(..., view=view)` yields, in unshuffled order.
 
     Returns:
         dict task -> NumPy array: `va` (n, 2) float32, `expr` (n,) int32,
         `au` (n, K) float32, missing markers kept.
     """
     tasks = _check_tasks(tasks)
-    mask = _row_mask(index, missing_images)
+    mask = _row_mask(index, missing_images, view)
     labels = index.labels(tasks)
     out = {}
     for task in tasks:
@@ -116,8 +119,7 @@ def label_arrays(index, tasks=TASKS, missing_images="skip"):
 
 
 def _image_paths(index, view, mask):
-    _check_choice("view", view, VIEWS)
-    column = VIEWS[view]
+    column = view_columns(view).path
     frames = index.frames
     if column not in frames.columns:
         raise ValueError(f"FrameIndex has no column {column!r} (needed for view={view!r}).")
@@ -128,7 +130,8 @@ def _image_paths(index, view, mask):
         raise ValueError(
             f"{len(bad)} selected frames have no {column!r} path, first video "
             f"{row['video']!r} frame {row['frame']}: expected a JPEG path for every frame "
-            "with an image (`has_image`, or `image_frame >= 0` with missing_images='fill')."
+            f"with an image of the {view!r} view (`{view_columns(view).has_image}`, or "
+            f"`{view_columns(view).image_frame} >= 0` with missing_images='fill')."
         )
     return paths.astype(str)
 
@@ -300,14 +303,15 @@ def frame_dataset(
         tasks: label keys to yield, some of `("va", "expr", "au")`.
         batch_size: frames per batch.
         image_size: int or `(height, width)` of the images yielded.
-        view: `"aligned"` (`image_aligned`) or `"cropped"` (`image_cropped`).
+        view: `"aligned"` (`image_aligned`) or `"cropped"` (`image_cropped`); which
+            frames have an image is that view's own (`affwild2.view_columns`).
         training: shuffle (seeded, reshuffled every epoch) and apply `augment`.
         augment: Keras layer (or callable) applied per batch to 0..255 RGB float32
             pixels before normalisation, in training only; see `default_augmentation`.
         shuffle_seed: seed of the shuffle; the same seed gives the same orders.
-        missing_images: `"skip"` drops frames whose own image is absent;
-            `"fill"` keeps every frame with `image_frame >= 0` (the index's
-            `image_*` columns then hold the nearest frame's image).
+        missing_images: `"skip"` drops frames whose own image is absent in `view`;
+            `"fill"` keeps every frame with an image of `view` to read (its
+            `image_frame >= 0`; the path column then holds the nearest frame's image).
         normalization: see `normalize_images`.
         drop_remainder: drop a last, smaller batch.
         repeat: repeat forever (each repetition reshuffled in training).
@@ -334,14 +338,14 @@ def frame_dataset(
     height, width = _image_hw(image_size)
     if not callable(normalization) and normalization is not None:
         _check_choice("normalization", normalization, NORMALIZATIONS)
-    mask = _row_mask(index, missing_images)
+    mask = _row_mask(index, missing_images, view)
     if not mask.any():
         raise ValueError(
             f"No frames to read: none of the {len(mask)} frames of the index has an image "
-            f"with missing_images={missing_images!r}."
+            f"in the {view!r} view with missing_images={missing_images!r}."
         )
     paths = _image_paths(index, view, mask)
-    labels = label_arrays(index, tasks, missing_images)
+    labels = label_arrays(index, tasks, missing_images, view)
     resize = _probe_sizes(paths) != {(height, width)}
     augmenting = training and augment is not None
     normalize = _fused_normalizer(normalization)

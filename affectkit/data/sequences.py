@@ -1,18 +1,22 @@
 """Windows of previous frames and video segments over cached per-frame features, as tf.data.
 
 The index logic is plain NumPy over the row numbers of a `FrameIndex` (rows sorted by video,
-then frame):
+then frame). It cuts by frame number, not by row: a *run* is a block of rows of one video
+whose frame numbers go up by one (`video_runs`). A video's first row starts a run, and so
+does a gap in its frame numbers (`frames[i] != frames[i - 1] + 1`, e.g. an MTL-file index
+or an index of labelled frames only), so that nothing ever joins two distant frames:
 
-    window_indices(videos, window)            (n, window): for each target row the `window`
-                                              rows at or before it in its video, oldest
-                                              first, target last; the video's first row
-                                              repeated at its start
-    segment_indices(videos, length, stride)   Segments(rows, valid, video, position,
-                                              starts_video): consecutive rows of one video,
-                                              the last segment padded with its edge row
+    window_indices(videos, frames, window)           (n, window): for each target row the
+                                                     `window` rows at or before it in its
+                                                     run, oldest first, target last; the
+                                                     run's first row repeated at its start
+    segment_indices(videos, frames, length, stride)  Segments(rows, valid, video, position,
+                                                     starts_video): consecutive rows of one
+                                                     run, the last segment of a run padded
+                                                     with its last row
 
 The dataset builders gather features from a resident float32 matrix (one row per index row,
-e.g. from `affectkit.data.features.FeatureCache`) with `tf.gather`, one batch per tf.data
+e.g. from `affectkit.features.cache.FeatureCache`) with `tf.gather`, one batch per tf.data
 element, so no per-frame Python runs while training:
 
     window_dataset   ({input: (B, W, D) windowed | (B, D) target frame}, {task: (B, ...)})
@@ -20,13 +24,15 @@ element, so no per-frame Python runs while training:
 
 Labels keep the dataset's missing markers (valence/arousal -5, expression -1, AU -1) exactly
 as `affectkit.data.pipeline.label_arrays` returns them; the padded steps of a segment get the
-missing markers, so masked losses and metrics leave them out.
+missing markers, so masked losses and metrics leave them out. Which frames count as having
+an image (`missing_images`) is the availability of the view the features come from (`view`).
 
 Windows follow Do et al. (ABAW 2020): the target frame and the previous `s - 1` frames of the
-same video (s = 16 or 32), padded at the video start by repeating its first frame. Segments
-follow Liu et al. (ABAW5 2023): non-overlapping segments (stride = length) whose LSTM state
-is carried from one segment of a video to the next (`order="streams"` lays segments out for
-that with batches larger than one).
+same video (s = 16 or 32), padded at the video start by repeating its first frame (here: at
+a run's start, so also after a gap). Segments follow Liu et al. (ABAW5 2023):
+non-overlapping segments (stride = length) whose LSTM state is carried from one segment of a
+video to the next (`order="streams"` lays segments out for that with batches larger than
+one); the state is reset where `starts_video` is True, at a video's start and after a gap.
 """
 
 from typing import NamedTuple
@@ -34,8 +40,9 @@ from typing import NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from affectkit.data.features import feature_matrix
+from affectkit.data.affwild2 import view_columns
 from affectkit.data.pipeline import TASKS, _check_tasks, _row_mask, label_arrays
+from affectkit.features.cache import feature_matrix
 
 SEGMENT_ORDERS = ("video", "shuffle", "streams")
 BALANCE_CHOICES = (None, "expr")
@@ -53,77 +60,117 @@ def _check_positive_int(name, value):
     return int(value)
 
 
-def video_runs(videos):
-    """First and one-past-last row of each video in a per-row array of video ids.
+def video_runs(videos, frames):
+    """First and one-past-last row of each run of consecutive frames of one video.
+
+    A run starts at a video's first row and wherever the frame number does not follow the
+    previous row's by one (`frames[i] != frames[i - 1] + 1` within a video: a gap).
 
     Args:
         videos: `(n,)` video id per row; each video's rows must be contiguous (as in
             `FrameIndex.frames`, sorted by video then frame).
+        frames: `(n,)` frame numbers per row (`FrameIndex.frames["frame"]`), ascending
+            within each video.
     Returns:
-        `(starts, stops)`, int64 arrays with one entry per video, in row order.
+        `(starts, stops)`, int64 arrays with one entry per run, in row order.
     Raises:
-        ValueError: a video's rows are split into several runs (the message names it).
+        ValueError: the arrays differ in length, a video's rows are split into several
+            blocks, or its frame numbers do not ascend (the message names the video and rows).
+
+    Example:
+    >>> video_runs(["a", "a", "a", "a", "b"], [1, 2, 5, 6, 1])
+    (array([0, 2, 4]), array([2, 4, 5]))
     """
     videos = np.asarray(videos)
+    frames = np.asarray(frames)
     if videos.ndim != 1:
         raise ValueError(f"`videos` must be a 1-d array of video ids; got shape {videos.shape}.")
+    if frames.shape != videos.shape or not (
+            frames.size == 0 or np.issubdtype(frames.dtype, np.integer)):
+        raise ValueError(
+            f"`frames` must be integer frame numbers, one per row of `videos` "
+            f"({len(videos)}); got shape {frames.shape}, dtype {frames.dtype}."
+        )
+    frames = frames.astype(np.int64)
     n = len(videos)
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     change = np.flatnonzero(videos[1:] != videos[:-1]) + 1
-    starts = np.r_[0, change].astype(np.int64)
-    stops = np.r_[change, n].astype(np.int64)
-    run_videos = videos[starts]
+    video_starts = np.r_[0, change].astype(np.int64)
+    run_videos = videos[video_starts]
     order = np.argsort(run_videos, kind="stable")
     repeated = np.flatnonzero(run_videos[order][1:] == run_videos[order][:-1])
     if len(repeated):
         video = run_videos[order][repeated[0]]
-        rows = starts[run_videos == video]
+        rows = video_starts[run_videos == video]
         raise ValueError(
-            f"The rows of video {video!r} are not contiguous (runs start at rows "
+            f"The rows of video {str(video)!r} are not contiguous (they start at rows "
             f"{rows[:4].tolist()}): expected rows sorted by video then frame, as in "
             "FrameIndex.frames."
         )
+    same = videos[1:] == videos[:-1]
+    step = frames[1:] - frames[:-1]
+    bad = np.flatnonzero(same & (step <= 0))
+    if len(bad):
+        i = int(bad[0]) + 1
+        raise ValueError(
+            f"Rows {i - 1} and {i} of video {str(videos[i])!r} have frames {frames[i - 1]} then "
+            f"{frames[i]}: expected rows sorted by video then frame, each frame once (as "
+            "FrameIndex builds them)."
+        )
+    breaks = np.flatnonzero(~same | (step != 1)) + 1
+    starts = np.r_[0, breaks].astype(np.int64)
+    stops = np.r_[breaks, n].astype(np.int64)
     return starts, stops
 
 
-def window_indices(videos, window):
+def _run_firsts(videos, frames):
+    """Per row, the first row of its run."""
+    starts, stops = video_runs(videos, frames)
+    return np.repeat(starts, stops - starts)
+
+
+def window_indices(videos, frames, window):
     """Row numbers of the window of previous frames of every row.
 
     Args:
         videos: `(n,)` video id per row, rows sorted by video then frame.
+        frames: `(n,)` frame number per row.
         window: frames per window, the target included.
     Returns:
         int64 `(n, window)`: row `i` holds the `window` rows at or before row `i` in its
-        video, oldest first, `i` last; at a video's start the video's first row is repeated.
-        A window never holds a later row or a row of another video.
+        run (`video_runs`), oldest first, `i` last; at a run's start (a video's first
+        frame, or the first frame after a gap) its first row is repeated. A window never
+        holds a later row, a row of another video or a frame from before a gap.
 
     Example:
-    >>> window_indices(["a", "a", "a", "b", "b"], 3)
+    >>> window_indices(["a", "a", "a", "a", "b", "b"], [1, 2, 3, 7, 1, 2], 3)
     array([[0, 0, 0],
            [0, 0, 1],
            [0, 1, 2],
            [3, 3, 3],
-           [3, 3, 4]])
+           [4, 4, 4],
+           [4, 4, 5]])
     """
     window = _check_positive_int("window", window)
-    starts, stops = video_runs(videos)
-    n = int(stops[-1]) if len(stops) else 0
-    first = np.repeat(starts, stops - starts)
-    rows = np.arange(n, dtype=np.int64)[:, None] + np.arange(1 - window, 1, dtype=np.int64)
+    first = _run_firsts(videos, frames)
+    rows = np.arange(len(first), dtype=np.int64)[:, None] + np.arange(1 - window, 1,
+                                                                       dtype=np.int64)
     return np.maximum(rows, first[:, None])
 
 
 class Segments(NamedTuple):
-    """Segments of consecutive rows of one video each, ordered by video then position.
+    """Segments of consecutive frames of one run each (`video_runs`), in row order.
 
     Attributes:
-        rows: int64 `(n_segments, length)` row numbers; padding repeats the video's last row.
+        rows: int64 `(n_segments, length)` row numbers; padding repeats the run's last row.
         valid: bool `(n_segments, length)`, False on padding.
         video: `(n_segments,)` the video id of each segment (values of `videos`).
-        position: int64 `(n_segments,)` index of the segment within its video.
-        starts_video: bool `(n_segments,)`, True for a video's first segment (reset the
-            state there; carry it otherwise).
+        position: int64 `(n_segments,)` index of the segment within its run.
+        starts_video: bool `(n_segments,)`, True where a stream starts: the first segment
+            of a run, i.e. of a video or after a gap in its frame numbers. A stateful model
+            resets its state there and carries it otherwise; it never carries state across
+            a gap.
     """
 
     rows: np.ndarray
@@ -141,25 +188,29 @@ class Segments(NamedTuple):
         return Segments(*(np.asarray(field)[order] for field in self))
 
 
-def segment_indices(videos, length, stride=None):
-    """Cuts every video's rows into segments of `length` consecutive rows, `stride` apart.
+def segment_indices(videos, frames, length, stride=None):
+    """Cuts every run of consecutive frames into segments of `length` rows, `stride` apart.
 
-    A video of `n` rows gets `1 + ceil(max(n - length, 0) / stride)` segments starting at
-    rows 0, stride, 2 * stride, ... of the video; the last one reaches the video's end and
-    is padded by repeating the video's last row (`valid` False there). With
-    `stride == length` every row lies in exactly one segment, padding aside.
+    Runs are as in `video_runs`: a video, split wherever its frame numbers have a gap, so
+    a segment never spans a gap. A run of `n` rows gets `1 + ceil(max(n - length, 0) /
+    stride)` segments starting at rows 0, stride, 2 * stride, ... of the run; the last one
+    reaches the run's end and is padded by repeating the run's last row (`valid` False
+    there). With `stride == length` every row lies in exactly one segment, padding aside.
 
     Args:
         videos: `(n,)` video id per row, rows sorted by video then frame.
+        frames: `(n,)` frame number per row.
         length: rows per segment.
         stride: rows between segment starts, 1..length; default `length`.
     Returns:
-        `Segments`, ordered by video (in row order) then position.
+        `Segments`, in row order (by video, then run, then position).
 
     Example:
-    >>> s = segment_indices(["a"] * 5 + ["b"] * 2, length=3)
+    >>> s = segment_indices(["a"] * 5 + ["b"] * 2, [1, 2, 3, 4, 5, 1, 2], length=3)
     >>> s.rows.tolist(), s.valid.sum(axis=1).tolist(), s.starts_video.tolist()
     ([[0, 1, 2], [3, 4, 4], [5, 6, 6]], [3, 2, 2], [True, False, True])
+    >>> segment_indices(["a"] * 5, [1, 2, 6, 7, 8], length=2).rows.tolist()  # gap after 2
+    [[0, 1], [2, 3], [4, 4]]
     """
     length = _check_positive_int("length", length)
     stride = length if stride is None else _check_positive_int("stride", stride)
@@ -169,12 +220,12 @@ def segment_indices(videos, length, stride=None):
             "rows; expected 1 <= stride <= length."
         )
     videos = np.asarray(videos)
-    starts, stops = video_runs(videos)
+    starts, stops = video_runs(videos, frames)
     sizes = stops - starts
-    per_video = 1 + -(-np.maximum(sizes - length, 0) // stride)
-    owner = np.repeat(np.arange(len(starts)), per_video)
+    per_run = 1 + -(-np.maximum(sizes - length, 0) // stride)
+    owner = np.repeat(np.arange(len(starts)), per_run)
     position = np.arange(len(owner), dtype=np.int64) - np.repeat(
-        np.cumsum(per_video) - per_video, per_video
+        np.cumsum(per_run) - per_run, per_run
     )
     first = starts[owner] + position * stride
     rows = first[:, None] + np.arange(length, dtype=np.int64)
@@ -197,17 +248,19 @@ def shuffle_segments(segments, seed):
 def stream_order(segments, streams):
     """Lays segments out in `streams` parallel streams for a stateful model, batch by batch.
 
-    Each video goes whole, in order, to one stream (longest videos first, each to the
-    stream with the fewest segments so far), so that in `order.reshape(-1, streams)` column
-    `b` of consecutive batches holds consecutive segments of a video: the state of batch
-    slot `b` carries from one batch to the next, and is reset where `starts_video` is True.
+    Each stream of segments (a run: a video, or its part between gaps, from a segment with
+    `starts_video` to the next) goes whole, in order, to one stream (longest first, each to
+    the stream with the fewest segments so far), so that in `order.reshape(-1, streams)`
+    column `b` of consecutive batches holds consecutive segments of a run: the state of
+    batch slot `b` carries from one batch to the next, and is reset where `starts_video`
+    is True.
 
     Args:
         segments: `Segments` in video order (from `segment_indices`).
         streams: the batch size.
     Returns:
         int64 `(n_batches * streams,)` segment numbers, row-major over `(n_batches,
-        streams)`; -1 marks filler slots after a stream's last video.
+        streams)`; -1 marks filler slots after a stream's last run.
     """
     streams = _check_positive_int("streams", streams)
     starts = np.flatnonzero(segments.starts_video)
@@ -231,33 +284,22 @@ def stream_order(segments, streams):
 # ------------------------------------------------------------------------- datasets
 
 
-def _check_sorted(index):
-    """Raises unless the index rows are sorted by video then frame (video order free)."""
+def _index_runs(index):
+    """`video_runs` of a `FrameIndex`'s rows (raises unless sorted by video then frame)."""
     frames = index.frames
-    videos = frames["video"].to_numpy()
-    video_runs(videos)
-    numbers = frames["frame"].to_numpy(np.int64)
-    same = videos[1:] == videos[:-1]
-    bad = np.flatnonzero(same & (numbers[1:] <= numbers[:-1]))
-    if len(bad):
-        i = int(bad[0]) + 1
-        raise ValueError(
-            f"Index rows {i - 1} and {i} of video {videos[i]!r} have frames "
-            f"{numbers[i - 1]} then {numbers[i]}: expected rows sorted by video then frame "
-            "(as FrameIndex builds them)."
-        )
+    return video_runs(frames["video"].to_numpy(), frames["frame"].to_numpy(np.int64))
 
 
-def _input_matrices(index, inputs):
+def _input_matrices(index, inputs, view):
     """`(matrices, single)`: name -> float32 `(n, dim)` tf constant, and whether `inputs`
-    was one source rather than a dict."""
+    was one source rather than a dict. Visual caches must be of `view`."""
     single = not isinstance(inputs, dict)
     sources = {"features": inputs} if single else dict(inputs)
     if not sources:
         raise ValueError("`inputs` is an empty dict: expected at least one feature source.")
     matrices = {}
     for name, source in sources.items():
-        matrix = feature_matrix(index, source)
+        matrix = feature_matrix(index, source, view=view)
         matrices[name] = tf.constant(matrix)
     return matrices, single
 
@@ -312,14 +354,17 @@ def window_dataset(
     shuffle_seed=0,
     balance=None,
     missing_images="skip",
+    view="aligned",
     drop_remainder=False,
     repeat=False,
 ):
     """Batches of per-frame features over windows of previous frames, with the target's labels.
 
-    Windows are cut over every row of `index` (frames without an image of their own take
-    the nearest frame's features, see `FeatureCache.features_for`); the targets are the rows
-    `label_arrays(index, tasks, missing_images)` describes, in that order when not shuffled.
+    Windows are cut over every row of `index` by frame number (`window_indices`: never
+    across a gap in a video's frame numbers; frames without an image of their own take the
+    nearest frame's features, see `FeatureCache.features_for`); the targets are the rows
+    `label_arrays(index, tasks, missing_images, view)` describes, in that order when not
+    shuffled.
 
     Args:
         index: `FrameIndex`, rows sorted by video then frame.
@@ -327,7 +372,7 @@ def window_dataset(
             `FeatureCache` (all its outputs, concatenated), `(cache, names)`, a cache folder,
             a float array `(len(index), dim)` aligned to the index rows, or a list of
             sources concatenated along the feature axis (modalities); see
-            `affectkit.data.features.feature_matrix`.
+            `affectkit.features.cache.feature_matrix`.
         tasks: label keys, some of `("va", "expr", "au")`.
         window: frames per window (e.g. 4, 8, 16, 32), or a list of sizes: each batch then
             uses one of them, drawn from `shuffle_seed` (window axis `None` in the shapes).
@@ -342,7 +387,10 @@ def window_dataset(
             share); an epoch has as many targets as the unbalanced one. Seeded, in training
             and evaluation alike.
         missing_images: `"skip"` targets frames with their own image only; `"fill"` every
-            frame with `image_frame >= 0` (as in `frame_dataset`).
+            frame with an image to use (`image_frame >= 0`), as in `frame_dataset`.
+        view: the view whose image availability `missing_images` follows: the view the
+            visual features were extracted from (`"aligned"` or `"cropped"`); a visual
+            `FeatureCache` of another view raises.
         drop_remainder: drop a last, smaller batch.
         repeat: repeat forever.
 
@@ -363,8 +411,9 @@ def window_dataset(
     if balance not in BALANCE_CHOICES:
         raise ValueError(f"Unknown balance {balance!r}: expected one of {BALANCE_CHOICES}.")
     sizes = _window_sizes(window)
-    _check_sorted(index)
-    matrices, single = _input_matrices(index, inputs)
+    view_columns(view)  # checks the name
+    starts, stops = _index_runs(index)
+    matrices, single = _input_matrices(index, inputs, view)
     if single or windowed is None:
         windowed = tuple(matrices)
     else:
@@ -376,17 +425,16 @@ def window_dataset(
                 f"{sorted(matrices)}."
             )
 
-    mask = _row_mask(index, missing_images)
+    mask = _row_mask(index, missing_images, view)
     targets = np.flatnonzero(mask)
     if not len(targets):
         raise ValueError(
             f"No target frames: none of the {len(mask)} frames of the index is kept with "
-            f"missing_images={missing_images!r}."
+            f"missing_images={missing_images!r} (view {view!r})."
         )
-    labels = label_arrays(index, tasks, missing_images)
-    # Windows are built per batch from the first row of each row's video, exactly as
+    labels = label_arrays(index, tasks, missing_images, view)
+    # Windows are built per batch from the first row of each row's run, exactly as
     # `window_indices` builds them, instead of holding an (n, window) table in memory.
-    starts, stops = video_runs(index.frames["video"].to_numpy())
     first_rows = tf.constant(np.repeat(starts, stops - starts))
     target_rows = tf.constant(targets.astype(np.int64))
     label_tables = {task: tf.constant(values) for task, values in labels.items()}
@@ -442,11 +490,11 @@ def window_dataset(
     return _finish(ds)
 
 
-def _row_labels(index, tasks, missing_images):
+def _row_labels(index, tasks, missing_images, view):
     """Label tables with one row per index row plus a last all-missing row (for padding);
-    rows left out by `missing_images` get the missing markers too."""
+    rows left out by `missing_images` (in `view`) get the missing markers too."""
     schema = index.schema
-    mask = _row_mask(index, missing_images)
+    mask = _row_mask(index, missing_images, view)
     labels = index.labels(tasks)
     markers = {"va": schema.va_missing, "expr": schema.expr_missing, "au": schema.au_missing}
     tables = {}
@@ -459,15 +507,16 @@ def _row_labels(index, tasks, missing_images):
     return tables
 
 
-def segment_labels(index, segments, tasks=TASKS, missing_images="skip"):
+def segment_labels(index, segments, tasks=TASKS, missing_images="skip", view="aligned"):
     """The labels `segment_dataset` yields for `segments` (same order), as NumPy arrays.
 
     Returns:
         dict task -> `(n_segments, length, ...)`: `va` float32, `expr` int32, `au` float32;
-        the missing markers on padded steps and on frames left out by `missing_images`.
+        the missing markers on padded steps and on frames left out by `missing_images`
+        (with `view`'s image availability).
     """
     tasks = _check_tasks(tasks)
-    tables = _row_labels(index, tasks, missing_images)
+    tables = _row_labels(index, tasks, missing_images, view)
     rows = np.where(segments.valid, segments.rows, len(index.frames))
     return {task: table[rows] for task, table in tables.items()}
 
@@ -482,15 +531,18 @@ def segment_dataset(
     order="video",
     shuffle_seed=0,
     missing_images="skip",
+    view="aligned",
     with_info=False,
     drop_remainder=False,
     repeat=False,
 ):
     """Batches of video segments of per-frame features, with per-step labels.
 
-    Every row of `index` lies in a segment (frames without an image take the nearest
-    frame's features). Steps whose labels should not count carry the missing markers:
-    padding after a video's end, and frames without their own image when
+    Segments are cut by frame number (`segment_indices`): one never spans a gap in a
+    video's frame numbers, and the segment after a gap starts a new stream
+    (`starts_video`). Every row of `index` lies in a segment (frames without an image take
+    the nearest frame's features). Steps whose labels should not count carry the missing
+    markers: padding after a run's end, and frames without their own image when
     `missing_images="skip"`.
 
     Args:
@@ -502,12 +554,14 @@ def segment_dataset(
         batch_size: segments per batch.
         order: `"video"`: by video, then position (`segment_indices` order); `"shuffle"`:
             seeded random order, a new one each epoch; `"streams"`: `stream_order`, so that
-            batch slot `b` holds consecutive segments of a video from batch to batch (for an
+            batch slot `b` holds consecutive segments of a run from batch to batch (for an
             LSTM whose state is carried across segments; slots past a stream's end are
             fillers, all steps invalid and labelled missing).
         shuffle_seed: seed of the shuffle.
         missing_images: `"skip"` labels frames without their own image as missing; `"fill"`
-            keeps the labels of frames with `image_frame >= 0`.
+            keeps the labels of frames with an image to use (`image_frame >= 0`).
+        view: the view whose image availability `missing_images` follows (see
+            `window_dataset`).
         with_info: `x` becomes a dict with the inputs (a single source under `"features"`)
             plus `valid` `(B, L)` bool, `starts_video` `(B,)` bool and `segment` `(B,)`
             int64 (the segment's number in `segment_indices` order, -1 for fillers).
@@ -527,20 +581,22 @@ def segment_dataset(
     batch_size = _check_positive_int("batch_size", batch_size)
     if order not in SEGMENT_ORDERS:
         raise ValueError(f"Unknown order {order!r}: expected one of {SEGMENT_ORDERS}.")
-    _check_sorted(index)
-    matrices, single = _input_matrices(index, inputs)
+    view_columns(view)  # checks the name
+    _index_runs(index)
+    matrices, single = _input_matrices(index, inputs, view)
     if with_info:
         clash = sorted(set(matrices) & set(INFO_KEYS))
         if clash:
             raise ValueError(f"Input names {clash} clash with the with_info keys {INFO_KEYS}.")
-    segments = segment_indices(index.frames["video"].to_numpy(), length, stride)
+    segments = segment_indices(index.frames["video"].to_numpy(),
+                               index.frames["frame"].to_numpy(np.int64), length, stride)
     n_segments = len(segments)
     if n_segments == 0:
         raise ValueError("The index has no rows: expected at least one frame to cut into segments.")
     n_rows = len(index.frames)
     label_tables = {
         task: tf.constant(values)
-        for task, values in _row_labels(index, tasks, missing_images).items()
+        for task, values in _row_labels(index, tasks, missing_images, view).items()
     }
     # One filler segment after the real ones: row 0 everywhere, nothing valid.
     rows = np.concatenate([segments.rows, np.zeros((1, segments.rows.shape[1]), np.int64)])

@@ -8,18 +8,9 @@ preprocessing code beside it. Outputs are a dict keyed by task, in the schema's 
 import keras
 
 from affectkit.labels import get_schema
-from affectkit.models.backbones import build_backbone
+from affectkit.models.backbones import build_backbone, normalization_layer
 
 TASKS = ("va", "expr", "au")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def imagenet_normalization(name="imagenet_normalization"):
-    """`Normalization` layer with the ImageNet mean/std for [0, 1] RGB input."""
-    return keras.layers.Normalization(
-        mean=list(IMAGENET_MEAN), variance=[s * s for s in IMAGENET_STD], name=name
-    )
 
 
 def task_heads(features, schema, tasks=TASKS, prefix=""):
@@ -100,7 +91,7 @@ def mtanet(
 
     # === Functional graph ===
     inputs = keras.Input(shape=input_shape, name="image")
-    feature_map = encoder(imagenet_normalization()(inputs))
+    feature_map = encoder(normalization_layer("imagenet")(inputs))
     pooled = []
     for branch in branches:
         x = feature_map

@@ -242,11 +242,23 @@ class Trainer:
         if baselines is not None:
             report["chance_baselines"] = baselines
         report.update(extra or {})
-        from affectkit.evaluation import write_scores
+        from affectkit.evaluation.scoring import write_scores
 
         write_scores(os.path.join(self.run_dir, "metrics.json"), report)
         plots.write_run_plots(self.run_dir, self.schema, self.tasks, val_labels, y_pred, scores)
         return scores
+
+
+    def update_report(self, entries):
+        """Adds `entries` to the run's `metrics.json`; returns the whole report."""
+        from affectkit.evaluation.scoring import write_scores
+
+        path = os.path.join(self.run_dir, "metrics.json")
+        with open(path) as f:
+            report = json.load(f)
+        report.update(entries)
+        write_scores(path, report)
+        return report
 
 
 class _Backup(keras.callbacks.BackupAndRestore):

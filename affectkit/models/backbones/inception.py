@@ -6,9 +6,16 @@ Keras naming: a 17x17x768 map at 299x299 input, which feeds their region attenti
 `inception_v3_features` builds `keras.applications.InceptionV3` (no download: always
 `weights=None` there) and returns a functional model whose output is the chosen block.
 
-Preprocessing: Keras' InceptionV3 expects RGB scaled to [-1, 1]. affectkit models take RGB
-in [0, 1] and normalise inside the model; `inception_preprocessing()` returns the core layer
-that does it (`Rescaling(2, offset=-1)`), so a saved model needs no custom object for it.
+Input normalisation (`NORMALIZATION = "inception"`): keras-applications' InceptionV3 weights
+expect RGB scaled to [-1, 1]. affectkit models take RGB in [0, 1] and normalise inside the
+model; `normalization_layer("inception")` is the core layer that does it
+(`Rescaling(2, offset=-1)`), so a saved model needs no custom object for it. (torchvision's
+`inception_v3` weights take ImageNet mean and standard deviation instead.)
+
+Presets (`PRESETS`): `"inception_v3"`, cut at `mixed7`; `build_preset` builds it and
+`feature_width` gives the output channels of a cut at any inception block without building
+the network. Convolutions here are keras-applications' own (plain `Conv2D`; InceptionV3 has
+no grouped convolution).
 
 Weights (`weights=` a local file, nothing is downloaded):
 
@@ -26,28 +33,29 @@ Weights (`weights=` a local file, nothing is downloaded):
 """
 
 import math
-import os
 
 import keras
 
-from affectkit.models.backbones.senet import load_weights_file
+from affectkit.models.backbones.blocks import check_pooling, global_pooling
+from affectkit.models.backbones.presets import preset_config
+from affectkit.models.backbones.weights import (
+    check_weights_file,
+    is_legacy_weights_file,
+    legacy_weight_layers,
+    load_weights_file,
+)
 
 DEFAULT_CUT = "mixed7"
-_LEGACY_SUFFIXES = (".h5", ".hdf5")
-_KERAS3_SUFFIXES = (".weights.h5", ".weights.json", ".keras")
-
-
-def inception_preprocessing():
-    """A core Keras layer that maps RGB in [0, 1] to InceptionV3's [-1, 1] input range.
-
-    Example:
-
-    ```python
-    inputs = keras.Input((299, 299, 3))                      # RGB in [0, 1]
-    features = inception_v3_features()(inception_preprocessing()(inputs))
-    ```
-    """
-    return keras.layers.Rescaling(2.0, offset=-1.0, name="inception_rescaling")
+NORMALIZATION = "inception"
+PRESETS = {
+    # Haider et al. 2022: 17x17x768 at 299x299.
+    "inception_v3": {"cut": DEFAULT_CUT},
+}
+# Output channels of keras.applications' InceptionV3 blocks (None: the whole network).
+BLOCK_WIDTHS = {
+    "mixed0": 256, "mixed1": 288, "mixed2": 288, "mixed3": 768, "mixed4": 768, "mixed5": 768,
+    "mixed6": 768, "mixed7": 768, "mixed8": 1280, "mixed9": 2048, "mixed10": 2048, None: 2048,
+}
 
 
 def _inception_v3(input_shape, include_top):
@@ -69,7 +77,8 @@ def _cut(base, cut, name):
     return keras.Model(base.inputs[0], output, name=name)
 
 
-def inception_v3_features(input_shape=(299, 299, 3), weights=None, cut=DEFAULT_CUT, name=None):
+def inception_v3_features(input_shape=(299, 299, 3), weights=None, cut=DEFAULT_CUT,
+                          pooling=None, name=None):
     """Builds InceptionV3 cut after the layer `cut` as a functional `keras.Model`.
 
     Args:
@@ -82,11 +91,13 @@ def inception_v3_features(input_shape=(299, 299, 3), weights=None, cut=DEFAULT_C
         cut: name of the last layer kept: `"mixed7"` (default; 17x17x768 at 299x299), any
             other layer name of Keras' InceptionV3 (`"mixed0"` ... `"mixed10"`), or `None` for
             the whole convolutional network (8x8x2048 at 299x299).
+        pooling: `None` returns the feature map of `cut`, `"avg"` / `"max"` its global
+            average / maximum (layer `avg_pool` / `max_pool`).
         name: model name; default `"inception_v3_<cut>"`.
 
     Returns:
-        A functional `keras.Model` from RGB in [-1, 1] (see `inception_preprocessing`) to the
-        feature map of `cut`.
+        A functional `keras.Model` from RGB in [-1, 1] (`normalization_layer("inception")`)
+        to the feature map of `cut` (or its pooled vector).
 
     Example:
 
@@ -96,17 +107,10 @@ def inception_v3_features(input_shape=(299, 299, 3), weights=None, cut=DEFAULT_C
     ```
     """
     name = name or f"inception_v3_{cut or 'mixed10'}"
+    check_pooling(pooling, "inception_v3_features")
     if weights is not None:
-        weights = os.fspath(weights)
-        if not os.path.isfile(weights):
-            raise FileNotFoundError(
-                f"{name}: weights file {weights!r} does not exist. `weights` must be None or "
-                "the path of a local InceptionV3 weights file ('.h5' from keras-applications, "
-                "or a Keras 3 '.weights.h5'); affectkit never downloads weights."
-            )
-
-    legacy = (weights is not None and weights.lower().endswith(_LEGACY_SUFFIXES)
-              and not weights.lower().endswith(_KERAS3_SUFFIXES))
+        weights = check_weights_file(weights, name)
+    legacy = weights is not None and is_legacy_weights_file(weights)
     layer_counts = _legacy_weighted_layer_count(weights) if legacy else None
 
     # Functional graph: the full network (with the classifier when a legacy file has it),
@@ -117,14 +121,14 @@ def inception_v3_features(input_shape=(299, 299, 3), weights=None, cut=DEFAULT_C
         base = _inception_v3(input_shape, include_top=True)
     model = _cut(base, cut, name)
 
-    if weights is None:
-        return model
-    if legacy:
+    if weights is not None and legacy:
         _load_legacy_topological(base, model, weights, layer_counts)
-    else:
+    elif weights is not None:
         _check_prefix(base, model)
         load_weights_file(model, weights)
-    return model
+    if pooling is None:
+        return model
+    return keras.Model(model.inputs[0], global_pooling(model.outputs[0], pooling), name=name)
 
 
 def _weighted_layer_count(model):
@@ -135,20 +139,7 @@ def _legacy_weighted_layer_count(path):
     import h5py
 
     with h5py.File(path, "r") as f:
-        group = f
-        if "layer_names" not in f.attrs and "model_weights" in f:
-            group = f["model_weights"]
-        if "layer_names" not in group.attrs:
-            raise ValueError(
-                f"inception_v3_features: {path!r} is not a legacy Keras weights file (no "
-                "'layer_names' attribute); save Keras 3 weights as '.weights.h5'."
-            )
-        count = 0
-        for layer_name in group.attrs["layer_names"]:
-            layer_name = layer_name.decode("utf8") if isinstance(layer_name, bytes) else layer_name
-            if len(group[layer_name].attrs.get("weight_names", [])):
-                count += 1
-    return count
+        return len(legacy_weight_layers(f, path, "inception_v3_features")[1])
 
 
 def _load_legacy_topological(base, model, path, file_count):
@@ -204,3 +195,45 @@ def count_params(cut=None, include_top=True, input_shape=(299, 299, 3), trainabl
     if trainable_only:
         return sum(math.prod(w.shape) for w in model.trainable_weights)
     return model.count_params()
+
+
+def build_preset(name, **overrides):
+    """Builds a preset of `PRESETS` (`"inception_v3"`: cut at `mixed7`) with any
+    `inception_v3_features` argument overridden.
+
+    Example:
+
+    ```python
+    backbone = build_preset("inception_v3", input_shape=(299, 299, 3))   # 17x17x768
+    ```
+    """
+    config = preset_config(PRESETS, name, overrides)
+    if config["name"] == name:  # keep inception_v3_features' naming after the cut
+        config["name"] = None
+    return inception_v3_features(**config)
+
+
+def feature_width(preset, **overrides):
+    """Output channels of InceptionV3 cut at an inception block, without building it.
+
+    Args:
+        preset: `"inception_v3"` or a dict of `inception_v3_features` arguments.
+        **overrides: `cut` (`"mixed0"` ... `"mixed10"` or `None`), ...
+
+    Example:
+
+    ```python
+    feature_width("inception_v3")                 # 768 (mixed7)
+    feature_width("inception_v3", cut="mixed8")   # 1280
+    ```
+    """
+    config = preset_config(PRESETS, preset, overrides) if isinstance(preset, str) \
+        else {"cut": DEFAULT_CUT, **preset, **overrides}
+    cut = config["cut"]
+    if cut not in BLOCK_WIDTHS:
+        raise ValueError(
+            f"inception_v3: the feature width is known for cuts at the inception blocks "
+            f"({', '.join(k for k in BLOCK_WIDTHS if k)}) or None; got cut={cut!r}. Build the "
+            "model and read `model.output_shape[-1]` for other layers."
+        )
+    return BLOCK_WIDTHS[cut]

@@ -21,18 +21,19 @@ Layout and numerics follow torchvision's `RegNet`, the implementation Phan et al
 
 Layer names are stable (`stem_conv`, `stage3_block5_b_conv`, `stage4_block1_se_reduce`,
 `stage2_block1_proj_bn`, ...), so weight files load by name. The convolutions are
-`GroupedConv2D`, a registered `Conv2D` that runs grouped convolutions as TensorFlow's native
-op instead of Keras' per-op XLA path (about 18x faster training on this CPU; see its
-docstring). Reloading a saved RegNet therefore needs this module imported, which
+`blocks.GroupedConv2D`, a registered `Conv2D` that runs grouped convolutions as TensorFlow's
+native op instead of Keras' per-op XLA path (about 18x faster training on this CPU; see its
+docstring). Reloading a saved RegNet therefore needs that module imported, which
 `import affectkit` does through the backbone registry.
 
 Presets (`PRESETS`) are plain dicts of `regnet` arguments with torchvision's settings;
 `DESIGN_PARAMETERS` holds the paper's design-space parameters they are derived from;
-`build_preset` builds one and `count_params` counts a configuration's weights without
-building it.
+`build_preset` builds one, `feature_width` gives a configuration's output channels and
+`count_params` counts its weights, both without building it.
 
-Inputs: torchvision's ImageNet weights expect RGB in [0, 1] normalised with the ImageNet mean
-and standard deviation; `regnet_preprocessing()` returns the core layer that does it.
+Input normalisation (`NORMALIZATION`): every preset takes `"imagenet"` input (RGB in [0, 1]
+minus the ImageNet mean, divided by its standard deviation), as torchvision's (and timm's)
+ImageNet RegNet weights do; `normalization_layer("imagenet")` is the core layer for it.
 """
 
 import inspect
@@ -41,16 +42,16 @@ import math
 import keras
 import numpy as np
 
-from affectkit.models.backbones.senet import (
-    BN_EPSILON,
-    BN_MOMENTUM,
-    load_weights_file,
-    preset_config,
+from affectkit.models.backbones.blocks import (
+    check_pooling,
+    conv_bn,
+    global_pooling,
+    squeeze_excitation,
 )
+from affectkit.models.backbones.presets import preset_config
+from affectkit.models.backbones.weights import load_weights_file
 
-POOLINGS = (None, "avg", "max")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZATION = "imagenet"
 WIDTH_QUANTUM = 8  # block widths are multiples of 8 (paper section 3.3)
 
 # Radosavovic et al. 2020, Appendix C (as in torchvision's model builders): design-space
@@ -157,98 +158,18 @@ def stages_from_design(w_0, w_a, w_m, depth, group_width, bottleneck_ratio=1.0):
     return {"depths": tuple(depths), "widths": tuple(adjusted)}
 
 
-def regnet_preprocessing():
-    """A core Keras layer that maps RGB in [0, 1] to torchvision's ImageNet normalisation.
-
-    affectkit models take RGB frames in [0, 1]; put this layer in front of a RegNet whose
-    weights come from torchvision's ImageNet training.
-
-    Example:
-
-    ```python
-    inputs = keras.Input((112, 112, 3))
-    features = build_preset("regnety_1.6gf", pooling="avg")(regnet_preprocessing()(inputs))
-    ```
-    """
-    return keras.layers.Normalization(
-        mean=list(IMAGENET_MEAN), variance=[s * s for s in IMAGENET_STD],
-        name="imagenet_normalization",
-    )
-
-
-def _batch_norm(name):
-    return keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
-
-
 def _conv_initializer():
     # torchvision: normal(0, sqrt(2 / fan_out)), fan_out = k * k * out_channels.
     return keras.initializers.VarianceScaling(2.0, mode="fan_out",
                                               distribution="untruncated_normal")
 
 
-@keras.saving.register_keras_serializable(package="affectkit")
-class GroupedConv2D(keras.layers.Conv2D):
-    """`keras.layers.Conv2D` whose grouped convolution runs as TensorFlow's native op.
-
-    Keras 3's TensorFlow backend compiles every grouped convolution (`groups > 1`) as its own
-    XLA function, to avoid TensorFlow CPU kernels that once lacked grouped support. On the
-    2-core CPU this project is measured on, a RegNetY-1.6GF training step (112 px, batch 16)
-    then ran at 2.2 img/s, against 39 img/s with `tf.nn.convolution`, which handles groups
-    natively on CPU and GPU in TF 2.21. This layer calls it directly with the TensorFlow
-    backend and otherwise behaves exactly like `Conv2D` (same arguments, weights and config);
-    with other backends it falls back to `Conv2D`.
-
-    Args:
-        Those of `keras.layers.Conv2D`.
-
-    Example:
-
-    ```python
-    layer = GroupedConv2D(48, 3, padding="same", groups=2, use_bias=False)
-    outputs = layer(keras.ops.ones((1, 8, 8, 48)))   # (1, 8, 8, 48)
-    ```
-    """
-
-    def convolution_op(self, inputs, kernel):
-        if self.groups == 1 or keras.backend.backend() != "tensorflow":
-            return super().convolution_op(inputs, kernel)
-        import tensorflow as tf
-
-        return tf.nn.convolution(
-            inputs, kernel, strides=list(self.strides), padding=self.padding.upper(),
-            dilations=list(self.dilation_rate),
-            data_format="NHWC" if self.data_format == "channels_last" else "NCHW",
-        )
-
-
-def _conv(filters, kernel_size, name, strides=1, groups=1):
-    """A bias-free convolution; strided 3x3 ones are preceded by explicit zero padding."""
-    padding = "same" if strides == 1 else "valid"
-    return GroupedConv2D(
-        filters, kernel_size, strides=strides, padding=padding, groups=groups,
-        use_bias=False, kernel_initializer=_conv_initializer(), name=name,
-    )
-
-
 def _conv_bn(x, filters, kernel_size, name, strides=1, groups=1, activation=True):
-    if kernel_size > 1 and strides != 1:
-        x = keras.layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad")(x)
-    x = _conv(filters, kernel_size, strides=strides, groups=groups, name=f"{name}_conv")(x)
-    x = _batch_norm(f"{name}_bn")(x)
-    if activation:
-        x = keras.layers.ReLU(name=f"{name}_relu")(x)
-    return x
-
-
-def _squeeze_excitation(x, squeeze_channels, name):
-    """SE as torchvision's `SqueezeExcitation`: avg pool, FC + ReLU, FC + sigmoid, rescale."""
-    channels = x.shape[-1]
-    s = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_squeeze")(x)
-    s = keras.layers.Dense(squeeze_channels, activation="relu",
-                           kernel_initializer=_conv_initializer(), name=f"{name}_reduce")(s)
-    s = keras.layers.Dense(channels, activation="sigmoid",
-                           kernel_initializer=_conv_initializer(), name=f"{name}_expand")(s)
-    return keras.layers.Multiply(name=f"{name}_scale")([x, s])
+    """`blocks.conv_bn` with RegNet's layer names (`{name}_pad`, `_conv`, `_bn`, `_relu`)
+    and torchvision's initialisation."""
+    return conv_bn(x, filters, kernel_size, name=f"{name}_conv", bn_name=f"{name}_bn",
+                   relu_name=f"{name}_relu" if activation else None, pad_name=f"{name}_pad",
+                   strides=strides, groups=groups, kernel_initializer=_conv_initializer())
 
 
 def _bottleneck_width(width, bottleneck_ratio, group_width):
@@ -274,7 +195,8 @@ def _x_block(x, width, strides, group_width, bottleneck_ratio, se_ratio, name):
     y = _conv_bn(x, bottleneck, 1, name=f"{name}_a")
     y = _conv_bn(y, bottleneck, 3, strides=strides, groups=groups, name=f"{name}_b")
     if se_ratio:
-        y = _squeeze_excitation(y, _squeeze_width(se_ratio, width_in), name=f"{name}_se")
+        y = squeeze_excitation(y, _squeeze_width(se_ratio, width_in), name=f"{name}_se",
+                               kernel_initializer=_conv_initializer())
     y = _conv_bn(y, width, 1, activation=False, name=f"{name}_c")
 
     y = keras.layers.Add(name=f"{name}_add")([shortcut, y])
@@ -305,8 +227,7 @@ def _resolve(depths, widths, group_width, bottleneck_ratio, pooling):
             f"{bottleneck_ratio}) are not divisible by group_width={group_width}; "
             "`stages_from_design` gives compatible widths."
         )
-    if pooling not in POOLINGS:
-        raise ValueError(f"regnet: `pooling` must be one of {POOLINGS}; got {pooling!r}.")
+    check_pooling(pooling, "regnet")
     return depths, widths
 
 
@@ -380,16 +301,14 @@ def regnet(
                 name=f"stage{stage}_block{block}",
             )
     if include_top:
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = global_pooling(x, "avg")
         x = keras.layers.Dense(
             num_classes, activation=classifier_activation,
             kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
             name="predictions",
         )(x)
-    elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    else:
+        x = global_pooling(x, pooling)
     model = keras.Model(inputs, x, name=name)
 
     if weights is not None:
@@ -414,6 +333,32 @@ def build_preset(name, **overrides):
     return regnet(**preset_config(PRESETS, name, overrides))
 
 
+def _config(preset, overrides):
+    """A preset name or dict + overrides -> every `regnet` argument."""
+    if isinstance(preset, str):
+        config = preset_config(PRESETS, preset, overrides)
+    else:
+        config = {**preset, **overrides}
+    return {**_defaults(), **config}
+
+
+def feature_width(preset, **overrides):
+    """Channels of a configuration's output (map or pooled vector), without building it.
+
+    `widths[-1]` (888 for RegNetY-1.6GF), or `num_classes` with `include_top=True`.
+
+    Example:
+
+    ```python
+    feature_width("regnety_1.6gf")   # 888
+    ```
+    """
+    config = _config(preset, overrides)
+    if config["include_top"]:
+        return int(config["num_classes"])
+    return int(config["widths"][-1])
+
+
 def count_params(preset, input_shape=(224, 224, 3), include_top=True, trainable_only=False,
                  **overrides):
     """Counts a configuration's weights from its hyperparameters, without building it.
@@ -435,11 +380,7 @@ def count_params(preset, input_shape=(224, 224, 3), include_top=True, trainable_
     count_params("regnety_1.6gf", trainable_only=True)  # 11202430
     ```
     """
-    if isinstance(preset, str):
-        config = preset_config(PRESETS, preset, overrides)
-    else:
-        config = {**preset, **overrides}
-    config = {**_defaults(), **config}
+    config = _config(preset, overrides)
     group_width, ratio = config["group_width"], config["bottleneck_ratio"]
     se_ratio = config["se_ratio"]
     depths, widths = _resolve(config["depths"], config["widths"], group_width, ratio,

@@ -10,8 +10,9 @@
 The network follows the Keras port most VGGFace2 users have, keras-vggface (R. C. Malli,
 `keras_vggface/models.py`, `RESNET50`), which follows the original Caffe model:
 
-- a bias-free 7x7/2 stem convolution with 'same' padding, BatchNorm, ReLU and a 3x3/2 max
-  pooling without padding (224 -> 112 -> 55);
+- a bias-free 7x7/2 stem convolution with Keras' 'same' padding, BatchNorm, ReLU and a 3x3/2
+  max pooling without padding (224 -> 112 -> 55); every convolution is a
+  `blocks.GroupedConv2D` (a plain convolution here: no groups) with Keras' 'same' padding;
 - bottleneck blocks 1x1 -> 3x3 -> 1x1, all convolutions bias-free, each followed by
   BatchNorm; the stride of a stage sits on the first 1x1 convolution and on the projection
   shortcut (Caffe layout, not torchvision's stride on the 3x3);
@@ -35,23 +36,34 @@ One difference: keras-vggface ends with `AveragePooling2D((7, 7), name="avg_pool
 needs 224x224 input. Here `avg_pool` is a global average pooling: the same numbers at 224,
 and any input size works.
 
-Preprocessing (keras-vggface `utils.preprocess_input(x, version=2)`): RGB -> BGR on 0-255,
-minus the VGGFace2 mean (B, G, R) = (91.4953, 103.8827, 131.0912). `VGGFace2Preprocessing`
-does this inside a model whose input is RGB in [0, 1], as every affectkit model's is.
+Input normalisation (`NORMALIZATION = "vggface2"`; keras-vggface
+`utils.preprocess_input(x, version=2)`): RGB -> BGR on 0-255, minus the VGGFace2 mean
+(B, G, R) = (91.4953, 103.8827, 131.0912), what the VGGFace2 weights (keras-vggface's
+`rcmalli_vggface_tf_*resnet50.h5`) expect. `normalization.VGGFace2Preprocessing` does this
+inside a model whose input is RGB in [0, 1], as every affectkit model's is.
+
+Presets (`PRESETS`): `"vggface2_resnet50"`, the network above; `build_preset` builds it and
+`feature_width` gives its output channels without building it.
 """
 
-import os
-import warnings
+import inspect
 
 import keras
 
-from affectkit.models.backbones.senet import load_weights_file
+from affectkit.models.backbones.blocks import check_pooling, conv_bn, global_pooling
+from affectkit.models.backbones.normalization import VGGFace2Preprocessing
+from affectkit.models.backbones.presets import preset_config
+from affectkit.models.backbones.weights import freeze_layers_before, load_weights_file
 
 BN_EPSILON = 1e-3  # keras-vggface: Keras' default (the Caffe model used 1e-5)
 BN_MOMENTUM = 0.99  # keras-vggface: Keras' default
-VGGFACE2_MEAN_BGR = (91.4953, 103.8827, 131.0912)
-POOLINGS = (None, "avg", "max")
 LEGACY_SEPARATOR = "/"
+NORMALIZATION = "vggface2"
+PRESETS = {
+    # Cao et al. 2018: ResNet-50 (25.6 M parameters with a 1000-class head; 8631 VGGFace2
+    # identities in the published classifier).
+    "vggface2_resnet50": {},
+}
 
 
 def keras_layer_name(legacy_name):
@@ -69,87 +81,25 @@ def keras_layer_name(legacy_name):
     return str(legacy_name).replace(LEGACY_SEPARATOR, "_")
 
 
-@keras.saving.register_keras_serializable(package="affectkit")
-class VGGFace2Preprocessing(keras.layers.Layer):
-    """VGGFace2 input normalisation inside the model: RGB in [0, 1] -> BGR minus mean.
-
-    Computes `x[..., ::-1] * scale - mean_bgr`, i.e. keras-vggface's
-    `preprocess_input(x * 255, version=2)` (Cao et al. 2018 mean of VGGFace2, in BGR order).
-
-    Args:
-        scale: factor from the input range to 0-255 (255 for [0, 1] input, 1 for 0-255).
-        mean_bgr: the per-channel mean subtracted after the flip, blue first.
-        **kwargs: base `keras.layers.Layer` arguments (`name`, `dtype`, ...).
-
-    Example:
-
-    ```python
-    inputs = keras.Input((224, 224, 3))           # RGB in [0, 1]
-    x = VGGFace2Preprocessing()(inputs)            # BGR, 0-255, minus the VGGFace2 mean
-    features = vggface2_resnet50(pooling="avg")(x)
-    ```
-    """
-
-    def __init__(self, scale=255.0, mean_bgr=VGGFACE2_MEAN_BGR, **kwargs):
-        super().__init__(**kwargs)
-        # Layer arguments.
-        self.scale = float(scale)
-        self.mean_bgr = tuple(float(m) for m in mean_bgr)
-        if len(self.mean_bgr) != 3:
-            raise ValueError(
-                f"VGGFace2Preprocessing: `mean_bgr` needs 3 values (blue, green, red); "
-                f"got {mean_bgr!r}."
-            )
-
-    def build(self, input_shape):
-        if input_shape[-1] != 3:
-            raise ValueError(
-                f"VGGFace2Preprocessing expects RGB images with 3 channels last; got input "
-                f"shape {tuple(input_shape)}."
-            )
-
-    def call(self, inputs):
-        x = keras.ops.cast(inputs, self.compute_dtype)
-        x = keras.ops.flip(x, axis=-1) * self.scale
-        mean = keras.ops.convert_to_tensor(self.mean_bgr, dtype=self.compute_dtype)
-        return x - mean
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"scale": self.scale, "mean_bgr": list(self.mean_bgr)})
-        return config
-
-
-def _batch_norm(name, epsilon):
-    return keras.layers.BatchNormalization(epsilon=epsilon, momentum=BN_MOMENTUM, name=name)
-
-
-def _conv(filters, kernel_size, name, strides=1):
-    return keras.layers.Conv2D(
-        filters, kernel_size, strides=strides, padding="same", use_bias=False,
-        kernel_initializer="he_normal", name=name,
-    )
+def _conv_bn(x, filters, kernel_size, name, bn_epsilon, strides=1, relu_name=None):
+    """`blocks.conv_bn` as keras-vggface builds it: 'same' padding, `{name}_bn`, Keras' BN
+    momentum."""
+    return conv_bn(x, filters, kernel_size, name=name, bn_name=f"{name}_bn",
+                   relu_name=relu_name, strides=strides, padding="same",
+                   bn_epsilon=bn_epsilon, bn_momentum=BN_MOMENTUM)
 
 
 def _bottleneck_block(x, width, strides, projection, bn_epsilon, name):
     """keras-vggface `resnet_conv_block` (projection) / `resnet_identity_block`."""
     bottleneck = width // 4
-    y = _conv(bottleneck, 1, strides=strides, name=f"{name}_1x1_reduce")(x)
-    y = _batch_norm(f"{name}_1x1_reduce_bn", bn_epsilon)(y)
-    y = keras.layers.ReLU(name=f"{name}_1x1_reduce_relu")(y)
-    y = _conv(bottleneck, 3, name=f"{name}_3x3")(y)
-    y = _batch_norm(f"{name}_3x3_bn", bn_epsilon)(y)
-    y = keras.layers.ReLU(name=f"{name}_3x3_relu")(y)
-    y = _conv(width, 1, name=f"{name}_1x1_increase")(y)
-    y = _batch_norm(f"{name}_1x1_increase_bn", bn_epsilon)(y)
+    y = _conv_bn(x, bottleneck, 1, f"{name}_1x1_reduce", bn_epsilon, strides=strides,
+                 relu_name=f"{name}_1x1_reduce_relu")
+    y = _conv_bn(y, bottleneck, 3, f"{name}_3x3", bn_epsilon, relu_name=f"{name}_3x3_relu")
+    y = _conv_bn(y, width, 1, f"{name}_1x1_increase", bn_epsilon)
 
     shortcut = x
     if projection:
-        shortcut = _conv(width, 1, strides=strides, name=f"{name}_1x1_proj")(x)
-        shortcut = _batch_norm(f"{name}_1x1_proj_bn", bn_epsilon)(shortcut)
+        shortcut = _conv_bn(x, width, 1, f"{name}_1x1_proj", bn_epsilon, strides=strides)
     y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
     return keras.layers.ReLU(name=f"{name}_relu")(y)
 
@@ -168,17 +118,14 @@ def _check_stages(depths, widths, pooling):
             f"vggface2_resnet50: every width must be a multiple of 4 (bottleneck = width / 4); "
             f"got {widths}."
         )
-    if pooling not in POOLINGS:
-        raise ValueError(f"vggface2_resnet50: `pooling` must be one of {POOLINGS}; "
-                         f"got {pooling!r}.")
+    check_pooling(pooling, "vggface2_resnet50")
     return depths, widths
 
 
 def _trunk(x, depths, widths, stem_width, bn_epsilon):
     """Stem and residual stages on the (preprocessed) image tensor `x`; returns the map."""
-    x = _conv(stem_width, 7, strides=2, name=keras_layer_name("conv1/7x7_s2"))(x)
-    x = _batch_norm(keras_layer_name("conv1/7x7_s2/bn"), bn_epsilon)(x)
-    x = keras.layers.ReLU(name="conv1_relu_7x7_s2")(x)
+    x = _conv_bn(x, stem_width, 7, keras_layer_name("conv1/7x7_s2"), bn_epsilon, strides=2,
+                 relu_name="conv1_relu_7x7_s2")
     x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_3x3_s2")(x)
     for stage, (depth, width) in enumerate(zip(depths, widths), start=2):
         for block in range(1, depth + 1):
@@ -248,13 +195,11 @@ def vggface2_resnet50(
         x = VGGFace2Preprocessing(name="vggface2_preprocessing")(x)
     x = _trunk(x, depths, widths, int(stem_width), float(bn_epsilon))
     if include_top:
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = global_pooling(x, "avg")
         x = keras.layers.Dense(num_classes, activation=classifier_activation,
                                name="classifier")(x)
-    elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    else:
+        x = global_pooling(x, pooling)
     model = keras.Model(inputs, x, name=name)
 
     if weights is not None:
@@ -360,49 +305,14 @@ def do2020_face_model(
     return model
 
 
-def freeze_layers_before(model, layer_name):
-    """Sets `trainable = False` on every layer of `model` before `layer_name`.
-
-    "Before" is the order of `model.layers` (topological, as Keras lists them), the rule of
-    the usual Keras fine-tuning code `for layer in model.layers[:index]`. The named layer
-    and all later ones are set trainable.
-
-    Args:
-        model: a functional `keras.Model`.
-        layer_name: the first layer to train, e.g. `"conv4_1_1x1_reduce"`.
-
-    Returns:
-        The names of the frozen layers.
-
-    Example:
-
-    ```python
-    frozen = freeze_layers_before(vggface2_resnet50(), "conv5_1_1x1_reduce")
-    ```
-    """
-    names = [layer.name for layer in model.layers]
-    if layer_name not in names:
-        raise ValueError(
-            f"{model.name}: no layer named {layer_name!r} to train from; the model's "
-            f"weighted layers include {[l.name for l in model.layers if l.weights][:8]} ..."
-        )
-    index = names.index(layer_name)
-    for i, layer in enumerate(model.layers):
-        layer.trainable = i >= index
-    return names[:index]
-
-
 def load_vggface2_weights(model, path):
     """Loads a local weights file into a VGGFace2 ResNet model; clear errors when it cannot.
 
     Legacy Keras 2 `.h5` / `.hdf5` files (keras-vggface's weights, `save_weights` files and
     full-model files) load by layer name, each file layer name mapped with
-    `keras_layer_name` ('/' -> '_'), so `conv1/7x7_s2/bn` fills `conv1_7x7_s2_bn`. Weights
-    inside a layer are matched by their names (`kernel`, `gamma`, `moving_mean`, ...) when
-    they all match, else by order, and their shapes are checked. File layers the model
-    lacks are skipped (e.g. `classifier` for a model without top); the model's weighted
-    layers the file lacks keep their values, with a warning. Keras 3 `.weights.h5` and
-    `.keras` files go to `affectkit.models.backbones.senet.load_weights_file`.
+    `keras_layer_name` ('/' -> '_'), so `conv1/7x7_s2/bn` fills `conv1_7x7_s2_bn`; Keras 3
+    `.weights.h5` and `.keras` files load by structure. See
+    `affectkit.models.backbones.weights.load_weights_file`.
 
     Args:
         model: the `keras.Model` to fill.
@@ -414,85 +324,36 @@ def load_vggface2_weights(model, path):
     load_vggface2_weights(vggface2_resnet50(include_top=True), "rcmalli_vggface_tf_resnet50.h5")
     ```
     """
-    path = os.fspath(path)
-    lowered = path.lower()
-    legacy = lowered.endswith((".h5", ".hdf5")) and not lowered.endswith(".weights.h5")
-    if not legacy or not os.path.isfile(path):
-        load_weights_file(model, path)  # Keras 3 formats, and its missing-file error
-        return
-    _load_legacy_h5_mapped(model, path)
+    load_weights_file(model, path, legacy_name=keras_layer_name)
 
 
-def _h5_attribute(group, name):
-    """A string-list attribute of a legacy Keras h5 group (possibly split in chunks)."""
-    if name in group.attrs:
-        values = list(group.attrs[name])
-    else:
-        values, chunk = [], 0
-        while f"{name}{chunk}" in group.attrs:
-            values.extend(group.attrs[f"{name}{chunk}"])
-            chunk += 1
-    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
+def build_preset(name, **overrides):
+    """Builds a preset of `PRESETS` (`"vggface2_resnet50"`) with `vggface2_resnet50`
+    arguments overridden.
+
+    Example:
+
+    ```python
+    backbone = build_preset("vggface2_resnet50", input_shape=(112, 112, 3), pooling="avg")
+    ```
+    """
+    return vggface2_resnet50(**preset_config(PRESETS, name, overrides))
 
 
-def _load_legacy_h5_mapped(model, path):
-    import h5py
-    import numpy as np
+def feature_width(preset, **overrides):
+    """Channels of the output (map or pooled vector), without building the model:
+    `widths[-1]` (2048), or `num_classes` with `include_top=True`.
 
-    layers = {}
-    for layer in model.layers:
-        if layer.weights:
-            layers[layer.name] = layer
-    loaded = set()
-    with h5py.File(path, "r") as f:
-        group = f
-        if "layer_names" not in f.attrs and "layer_names0" not in f.attrs \
-                and "model_weights" in f:
-            group = f["model_weights"]
-        file_layers = _h5_attribute(group, "layer_names")
-        if not file_layers:
-            raise ValueError(
-                f"{model.name}: {path!r} is not a legacy Keras weights file (no 'layer_names' "
-                "attribute at its root or in 'model_weights'); save Keras 3 weights as "
-                "'.weights.h5'."
-            )
-        for file_name in file_layers:
-            target = layers.get(file_name) or layers.get(keras_layer_name(file_name))
-            layer_group = group[file_name]
-            weight_names = _h5_attribute(layer_group, "weight_names")
-            if target is None or not weight_names:
-                continue
-            values = [np.asarray(layer_group[w]) for w in weight_names]
-            variables = target.weights
-            if len(values) != len(variables):
-                raise ValueError(
-                    f"{model.name}: layer {file_name!r} in {path!r} has {len(values)} "
-                    f"weights, but the model's layer {target.name!r} expects "
-                    f"{len(variables)} ({[v.name for v in variables]})."
-                )
-            short = [w.rsplit("/", 1)[-1].split(":", 1)[0] for w in weight_names]
-            if sorted(short) == sorted(v.name for v in variables) and len(set(short)) == len(short):
-                by_name = dict(zip(short, values))
-                values = [by_name[v.name] for v in variables]
-            for variable, value, weight_name in zip(variables, values, weight_names):
-                if tuple(variable.shape) != value.shape:
-                    raise ValueError(
-                        f"{model.name}: weight {weight_name!r} of layer {file_name!r} in "
-                        f"{path!r} has shape {value.shape}; the model's {variable.path!r} "
-                        f"expects {tuple(variable.shape)}. Build the model with the file's "
-                        "configuration (depths, widths, num_classes)."
-                    )
-            target.set_weights(values)
-            loaded.add(target.name)
-    if not loaded:
-        raise ValueError(
-            f"{model.name}: no layer of the model is named in {path!r}, even after mapping "
-            f"'/' to '_' (the model has e.g. {list(layers)[:3]}, the file {file_layers[:3]})."
-        )
-    missing = [n for n in layers if n not in loaded]
-    if missing:
-        warnings.warn(
-            f"{model.name}: {path!r} has no weights for {len(missing)} layers, which keep "
-            f"their initial values: {missing[:10]}{' ...' if len(missing) > 10 else ''}",
-            stacklevel=3,
-        )
+    Example:
+
+    ```python
+    feature_width("vggface2_resnet50")   # 2048
+    ```
+    """
+    config = preset_config(PRESETS, preset, overrides) if isinstance(preset, str) \
+        else {**preset, **overrides}
+    defaults = {k: p.default for k, p in inspect.signature(vggface2_resnet50).parameters.items()}
+    config = {**defaults, **config}
+    if config["include_top"]:
+        return int(config["num_classes"])
+    return int(config["widths"][-1])

@@ -11,28 +11,41 @@ ABAW 2020) compares: SENet-50 (its backbone), ResNeXt-50 (32x4d) and ResNeXt-50 
   attention on the residual branch).
 
 Layout and numerics follow the PyTorch code the papers used (torchvision ResNet, the SENet
-and CBAM reference code): bias-free convolutions each followed by BatchNorm (epsilon 1e-5,
-PyTorch momentum 0.1, i.e. Keras momentum 0.9), explicit zero padding so that strided
+and CBAM reference code): bias-free convolutions (`blocks.GroupedConv2D`, so ResNeXt's
+grouped 3x3 convolutions run as TensorFlow's native op) each followed by BatchNorm (epsilon
+1e-5, PyTorch momentum 0.1, i.e. Keras momentum 0.9), explicit zero padding so that strided
 convolutions see the same pixels as in PyTorch, and a 1x1 projection shortcut at the first
 block of every stage. Layer names are stable (`stem_conv`, `stage3_block2_conv2`,
 `stage5_block1_se_reduce`, ...) so weight files load by name.
 
 Presets (`PRESETS`) are plain dicts of `bottleneck_resnet` arguments; `build_preset` builds
-one and `count_params` counts a configuration's weights without building it.
+one, `feature_width` gives a configuration's output channels and `count_params` counts its
+weights, both without building it.
+
+Input normalisation (`NORMALIZATION`): every preset takes `"imagenet"` input (RGB, ImageNet
+mean and standard deviation on [0, 1]), as the PyTorch ImageNet weights these layouts come
+from do: torchvision `resnet50` / `resnext50_32x4d`, timm `legacy_seresnet50` /
+`seresnet50` (with `stride_in_1x1=True` for the legacy, Caffe-layout model) and the CBAM
+authors' ImageNet models. The VGGFace2 SENet-50 (Caffe layout, `stride_in_1x1=True`)
+expects `"vggface2"` input instead; see `affectkit.models.backbones.normalization`.
 """
 
 import inspect
-import os
-import warnings
 
 import keras
 
+from affectkit.models.backbones.blocks import (
+    check_pooling,
+    conv_bn,
+    global_pooling,
+    squeeze_excitation,
+)
+from affectkit.models.backbones.presets import preset_config
+from affectkit.models.backbones.weights import load_weights_file
 from affectkit.models.layers.channel_pooling import ChannelPooling
 
-BN_EPSILON = 1e-5
-BN_MOMENTUM = 0.9  # PyTorch's BatchNorm momentum 0.1
 ATTENTIONS = (None, "se", "cbam")
-POOLINGS = (None, "avg", "max")
+NORMALIZATION = "imagenet"
 
 _STAGE50 = {
     "depths": (3, 4, 6, 3),
@@ -56,47 +69,8 @@ PRESETS = {
 }
 
 
-def _batch_norm(name):
-    return keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name)
-
-
-def _conv(filters, kernel_size, name, strides=1, groups=1):
-    """A bias-free convolution; strided ones get explicit PyTorch-style zero padding."""
-    padding = "same" if strides == 1 else "valid"
-    return keras.layers.Conv2D(
-        filters, kernel_size, strides=strides, padding=padding, groups=groups,
-        use_bias=False, kernel_initializer="he_normal", name=name,
-    )
-
-
 def _attention_hidden(channels, ratio):
     return max(1, channels // ratio)
-
-
-def squeeze_excitation(x, ratio, name):
-    """Squeeze-and-excitation (Hu et al. 2018, Fig. 2-3) on a channels-last feature map.
-
-    Global average pooling ("squeeze"), Dense(C // ratio) + ReLU, Dense(C) + sigmoid
-    ("excitation"), then channel-wise rescaling of `x`.
-
-    Args:
-        x: symbolic tensor `(batch, height, width, C)`.
-        ratio: reduction ratio r of the bottleneck MLP (16 in SE-ResNet-50).
-        name: prefix for the layer names (`{name}_squeeze`, `_reduce`, `_expand`, `_scale`).
-
-    Example:
-
-    ```python
-    inputs = keras.Input((14, 14, 256))
-    outputs = squeeze_excitation(inputs, ratio=16, name="se")
-    ```
-    """
-    channels = x.shape[-1]
-    s = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_squeeze")(x)
-    s = keras.layers.Dense(_attention_hidden(channels, ratio), activation="relu",
-                           name=f"{name}_reduce")(s)
-    s = keras.layers.Dense(channels, activation="sigmoid", name=f"{name}_expand")(s)
-    return keras.layers.Multiply(name=f"{name}_scale")([x, s])
 
 
 def convolutional_block_attention(x, ratio, kernel_size, name):
@@ -132,8 +106,7 @@ def convolutional_block_attention(x, ratio, kernel_size, name):
     x = keras.layers.Multiply(name=f"{name}_channel_scale")([x, gate])
 
     s = ChannelPooling(statistics=("max", "mean"), name=f"{name}_spatial_pool")(x)
-    s = _conv(1, kernel_size, name=f"{name}_spatial_conv")(s)
-    s = _batch_norm(f"{name}_spatial_bn")(s)
+    s = conv_bn(s, 1, kernel_size, name=f"{name}_spatial_conv", bn_name=f"{name}_spatial_bn")
     s = keras.layers.Activation("sigmoid", name=f"{name}_spatial_sigmoid")(s)
     return keras.layers.Multiply(name=f"{name}_spatial_scale")([x, s])
 
@@ -145,22 +118,17 @@ def _bottleneck_block(x, width, bottleneck_width, strides, groups, attention, se
 
     shortcut = x
     if strides != 1 or x.shape[-1] != width:
-        shortcut = _conv(width, 1, strides=strides, name=f"{name}_shortcut_conv")(x)
-        shortcut = _batch_norm(f"{name}_shortcut_bn")(shortcut)
+        shortcut = conv_bn(x, width, 1, strides=strides, name=f"{name}_shortcut_conv",
+                           bn_name=f"{name}_shortcut_bn")
 
-    y = _conv(bottleneck_width, 1, strides=stride1, name=f"{name}_conv1")(x)
-    y = _batch_norm(f"{name}_bn1")(y)
-    y = keras.layers.ReLU(name=f"{name}_relu1")(y)
-    if stride2 != 1:
-        y = keras.layers.ZeroPadding2D(1, name=f"{name}_pad2")(y)
-    y = _conv(bottleneck_width, 3, strides=stride2, groups=groups, name=f"{name}_conv2")(y)
-    y = _batch_norm(f"{name}_bn2")(y)
-    y = keras.layers.ReLU(name=f"{name}_relu2")(y)
-    y = _conv(width, 1, name=f"{name}_conv3")(y)
-    y = _batch_norm(f"{name}_bn3")(y)
+    y = conv_bn(x, bottleneck_width, 1, strides=stride1, name=f"{name}_conv1",
+                bn_name=f"{name}_bn1", relu_name=f"{name}_relu1")
+    y = conv_bn(y, bottleneck_width, 3, strides=stride2, groups=groups, name=f"{name}_conv2",
+                bn_name=f"{name}_bn2", relu_name=f"{name}_relu2", pad_name=f"{name}_pad2")
+    y = conv_bn(y, width, 1, name=f"{name}_conv3", bn_name=f"{name}_bn3")
 
     if attention == "se":
-        y = squeeze_excitation(y, se_ratio, name=f"{name}_se")
+        y = squeeze_excitation(y, _attention_hidden(width, se_ratio), name=f"{name}_se")
     elif attention == "cbam":
         y = convolutional_block_attention(y, se_ratio, spatial_kernel_size, name=f"{name}_cbam")
 
@@ -189,9 +157,7 @@ def _resolve(depths, widths, bottleneck_widths, groups, attention, pooling):
     if attention not in ATTENTIONS:
         raise ValueError(f"bottleneck_resnet: `attention` must be one of {ATTENTIONS}; "
                          f"got {attention!r}.")
-    if pooling not in POOLINGS:
-        raise ValueError(f"bottleneck_resnet: `pooling` must be one of {POOLINGS}; "
-                         f"got {pooling!r}.")
+    check_pooling(pooling, "bottleneck_resnet")
     return depths, widths, bottleneck_widths
 
 
@@ -267,10 +233,8 @@ def bottleneck_resnet(
 
     # Functional graph.
     inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = keras.layers.ZeroPadding2D(3, name="stem_pad")(inputs)
-    x = _conv(stem_width, 7, strides=2, name="stem_conv")(x)
-    x = _batch_norm("stem_bn")(x)
-    x = keras.layers.ReLU(name="stem_relu")(x)
+    x = conv_bn(inputs, stem_width, 7, strides=2, name="stem_conv", bn_name="stem_bn",
+                relu_name="stem_relu", pad_name="stem_pad")
     x = keras.layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
     x = keras.layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
     for stage, (depth, width, bottleneck_width) in enumerate(
@@ -283,84 +247,16 @@ def bottleneck_resnet(
                 spatial_kernel_size, stride_in_1x1, name=f"stage{stage}_block{block}",
             )
     if include_top:
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = global_pooling(x, "avg")
         x = keras.layers.Dense(num_classes, activation=classifier_activation,
                                name="predictions")(x)
-    elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    else:
+        x = global_pooling(x, pooling)
     model = keras.Model(inputs, x, name=name)
 
     if weights is not None:
         load_weights_file(model, weights)
     return model
-
-
-def load_weights_file(model, path):
-    """Loads a local weights file into `model`; raises a clear error when it cannot.
-
-    `.weights.h5` / `.keras` files load by the model's structure (Keras 3 format); legacy
-    Keras `.h5` / `.hdf5` files load by layer name (`by_name=True`), with a warning that
-    lists the model's weighted layers the file lacks.
-
-    Args:
-        model: the `keras.Model` to fill.
-        path: path of the weights file.
-
-    Example:
-
-    ```python
-    load_weights_file(bottleneck_resnet(), "senet50_vggface2.weights.h5")
-    ```
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{model.name}: weights file {path!r} does not exist. `weights` must be None or "
-            "the path of a local '.weights.h5' (Keras 3) or legacy '.h5' file; affectkit "
-            "never downloads weights."
-        )
-    lowered = path.lower()
-    if lowered.endswith((".weights.h5", ".weights.json", ".keras")):
-        model.load_weights(path)
-    elif lowered.endswith((".h5", ".hdf5")):
-        _load_legacy_h5_by_name(model, path)
-    else:
-        raise ValueError(
-            f"{model.name}: cannot read weights file {path!r}: expected a Keras '.weights.h5' "
-            "or '.keras' file, or a legacy Keras '.h5' / '.hdf5' file."
-        )
-
-
-def _load_legacy_h5_by_name(model, path):
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        group = f
-        if "layer_names" not in f.attrs and "model_weights" in f:
-            group = f["model_weights"]
-        if "layer_names" not in group.attrs:
-            raise ValueError(
-                f"{model.name}: {path!r} is not a legacy Keras weights file (no 'layer_names' "
-                "attribute); save Keras 3 weights as '.weights.h5'."
-            )
-        file_names = {n.decode("utf8") if isinstance(n, bytes) else str(n)
-                      for n in group.attrs["layer_names"]}
-    weighted = [layer.name for layer in model.layers if layer.weights]
-    missing = [n for n in weighted if n not in file_names]
-    if len(missing) == len(weighted):
-        raise ValueError(
-            f"{model.name}: no layer of the model is named in {path!r}; layer names must "
-            f"match (the model has e.g. {weighted[:3]}, the file {sorted(file_names)[:3]})."
-        )
-    if missing:
-        warnings.warn(
-            f"{model.name}: {path!r} has no weights for {len(missing)} layers, which keep "
-            f"their initial values: {missing[:10]}{' ...' if len(missing) > 10 else ''}",
-            stacklevel=3,
-        )
-    model.load_weights(path, by_name=True)
 
 
 def build_preset(name, **overrides):
@@ -382,15 +278,31 @@ def build_preset(name, **overrides):
     return bottleneck_resnet(**preset_config(PRESETS, name, overrides))
 
 
-def preset_config(presets, name, overrides):
-    """The builder arguments of `presets[name]` with `overrides` applied; the model is
-    named after the preset unless `overrides` has a `model_name`."""
-    if name not in presets:
-        raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(presets)}.")
-    overrides = dict(overrides)
-    config = {**presets[name], "name": overrides.pop("model_name", name)}
-    config.update(overrides)
-    return config
+def _config(preset, overrides):
+    """A preset name or dict + overrides -> every `bottleneck_resnet` argument."""
+    if isinstance(preset, str):
+        config = preset_config(PRESETS, preset, overrides)
+    else:
+        config = {**preset, **overrides}
+    return {**_defaults(), **config}
+
+
+def feature_width(preset, **overrides):
+    """Channels of a configuration's output (map or pooled vector), without building it.
+
+    `widths[-1]` (2048 for every preset), or `num_classes` with `include_top=True`.
+
+    Example:
+
+    ```python
+    feature_width("resnext50")                        # 2048
+    feature_width("senet50", widths=(16, 32, 64, 128))  # 128
+    ```
+    """
+    config = _config(preset, overrides)
+    if config["include_top"]:
+        return int(config["num_classes"])
+    return int(config["widths"][-1])
 
 
 def count_params(preset, input_shape=(224, 224, 3), include_top=True, trainable_only=False,
@@ -414,11 +326,8 @@ def count_params(preset, input_shape=(224, 224, 3), include_top=True, trainable_
     count_params("senet50", trainable_only=True)  # 28088024
     ```
     """
-    if isinstance(preset, str):
-        config = preset_config(PRESETS, preset, overrides)
-    else:
-        config = {**preset, **overrides}
-    config = {**_defaults(), **config, "input_shape": input_shape, "include_top": include_top}
+    config = {**_config(preset, overrides), "input_shape": input_shape,
+              "include_top": include_top}
     groups, attention = config["groups"], config["attention"]
     ratio, kernel = config["se_ratio"], config["spatial_kernel_size"]
     depths, widths, bottleneck_widths = _resolve(

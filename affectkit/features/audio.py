@@ -30,7 +30,8 @@ import subprocess
 
 import numpy as np
 
-from affectkit.data.features import CacheWriter, video_names
+from affectkit.data.affwild2 import video_names
+from affectkit.features.cache import CacheWriter
 
 AUDIO_SAMPLE_RATE = 16000
 NUM_MEL_BANDS = 80
@@ -421,14 +422,14 @@ def extract_audio_features(
 ):
     """Computes audio features for every frame of every video and stores them as a cache.
 
-    The cache has the layout of `affectkit.data.features` (`<video>.npz` with `frames` 1..n
+    The cache has the layout of `affectkit.features.cache` (`<video>.npz` with `frames` 1..n
     of the video file, the features under the name `logmel` or `egemaps`, and the video's
     `fps`), so it combines with visual caches as a modality. Videos already in `out` are
     skipped.
 
     Args:
         data: a `FrameIndex` or an Aff-Wild2 folder (face tracks as in
-            `affectkit.data.features.video_names`).
+            `affectkit.data.affwild2.video_names`).
         out: the cache folder.
         features: `"logmel"` (TensorFlow) or `"egemaps"` (needs `opensmile`).
         edition, split: as in `video_names` (folders only).

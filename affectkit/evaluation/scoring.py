@@ -2,6 +2,7 @@
 
 Per-task predictions are folders of per-video files (`<video>.txt`, the annotation
 format); MTL predictions are one submission file (`image,valence,arousal,expression,aus`).
+Scores are the NumPy definitions of `affectkit.metrics`; nothing here loads TensorFlow.
 """
 
 import json

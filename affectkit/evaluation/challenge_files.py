@@ -1,8 +1,9 @@
-"""From model outputs to the official ABAW prediction files.
+"""Challenge files: from model outputs to the official ABAW prediction files.
 
 `decode_outputs` turns network outputs into challenge values (valence/arousal clipped to
-[-1, 1], expression index, AU 0/1); `write_official_predictions` writes them per task as
-per-video files and as one MTL submission file, one line per annotated frame.
+[-1, 1], expression index, AU 0/1 by `affectkit.metrics.au_present`, the rule the metrics
+use); `write_official_predictions` writes them per task as per-video files and as one MTL
+submission file, one line per annotated frame.
 """
 
 import os
@@ -11,21 +12,27 @@ import numpy as np
 
 from affectkit.data import affwild2
 from affectkit.labels import get_schema
+from affectkit.metrics import AU_THRESHOLD, au_present
 
 
-def decode_outputs(outputs, threshold=0.5):
-    """Network outputs (dict task -> array) to submission values (dict task -> array)."""
+def decode_outputs(outputs, threshold=AU_THRESHOLD):
+    """Network outputs (dict task -> array) to submission values (dict task -> array).
+
+    Example:
+    >>> decode_outputs({"au": [[0.2, 0.5]], "va": [[1.3, -0.2]]})
+    {'va': array([[ 1. , -0.2]], dtype=float32), 'au': array([[0, 1]])}
+    """
     decoded = {}
     if "va" in outputs:
         decoded["va"] = np.clip(np.asarray(outputs["va"], dtype=np.float32), -1.0, 1.0)
     if "expr" in outputs:
         decoded["expr"] = np.argmax(np.asarray(outputs["expr"]), axis=-1).astype(np.int64)
     if "au" in outputs:
-        decoded["au"] = (np.asarray(outputs["au"]) >= threshold).astype(np.int64)
+        decoded["au"] = au_present(np.asarray(outputs["au"]), threshold).astype(np.int64)
     return decoded
 
 
-def write_official_predictions(out_dir, frames, outputs, schema, threshold=0.5):
+def write_official_predictions(out_dir, frames, outputs, schema, threshold=AU_THRESHOLD):
     """Writes `<out_dir>/<task>/<video>.txt` per task and `<out_dir>/mtl_submission.txt`.
 
     Args:

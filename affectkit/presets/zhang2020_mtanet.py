@@ -1,0 +1,57 @@
+"""zhang2020_mtanet: MTANet (Zhang & Gu, "Facial Affect Recognition in the Wild Using
+Multi-Task Learning Convolutional Network", ABAW 2020).
+
+SE-ResNet-50 at 112x112 (ResNeXt-50 and ResNeXt-50 + CBAM in the ablation), the
+average/max neck (2 x 512) and one dense layer per task.
+"""
+
+MODEL = {
+    "schema": "abaw1",
+    "tasks": ["va", "expr", "au"],
+    "input_kind": "images",
+    "image_size": 112,
+    "view": "aligned",
+    "normalization": "backbone",
+    "backbone": {"name": "senet50"},
+    "neck": {"type": "avg_max", "width": 512, "dropout": 0.5},
+    "heads": {},
+}
+
+PAPER = {
+    "edition": "abaw1",
+    "seed": 0,
+    "weights": None,  # a local backbone weights file; None trains from scratch
+    "model": {},
+    "data": {"batch_size": 32, "augment": True, "annotations": "per_task"},
+    # Stage 1: the plain sum of the masked losses; stage 2: learned uncertainty weights
+    # (paper eq. 5). The paper gives the learning rates and weight decays only.
+    "stages": {
+        "stage1_sum": {"epochs": 10, "optimizer": {"name": "adam", "learning_rate": 1e-3,
+                                                   "weight_decay": 1e-3}},
+        "stage2_uncertainty": {"epochs": 5, "uncertainty": True,
+                               "optimizer": {"name": "sgd", "learning_rate": 1e-4,
+                                             "momentum": 0.9, "weight_decay": 5e-3}},
+    },
+    "run": {"mixed_precision": False, "jit_compile": False, "backup_every": 50},
+}
+
+RUNS = {
+    "paper": PAPER,
+    # Trains from scratch on the default demo data (`affectkit demo-data`: 96 videos x 60
+    # frames) in about 4 minutes on 2 CPU cores.
+    "cpu_demo": dict(
+        PAPER,
+        edition="abaw3",
+        model={"image_size": 64,
+               "backbone": {"depths": [1, 1, 1, 1], "stem_width": 16,
+                            "widths": [32, 64, 128, 256]},
+               "neck": {"width": 64, "dropout": 0.2}},
+        stages={
+            "stage1_sum": {"epochs": 12, "optimizer": {"name": "adam", "learning_rate": 1e-3,
+                                                       "weight_decay": 1e-4}},
+            "stage2_uncertainty": {"epochs": 2, "uncertainty": True,
+                                   "optimizer": {"name": "sgd", "learning_rate": 1e-3,
+                                                 "momentum": 0.9, "weight_decay": 5e-3}},
+        },
+    ),
+}
