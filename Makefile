@@ -17,7 +17,7 @@ $(VENV)/.installed: setup.py requirements.txt
 
 demo: setup
 	$(VENV)/bin/affectkit demo-data --out $(DEMO)/data --edition abaw3
-	$(PY) recipes/zhang2020_mtanet.py --data $(DEMO)/data --edition abaw3 --out $(DEMO)/zhang2020_mtanet --preset cpu_demo
+	$(VENV)/bin/affectkit train zhang2020_mtanet --data $(DEMO)/data --preset cpu_demo --out $(DEMO)/zhang2020_mtanet
 
 test: setup
 	$(PY) -m pytest -m "not slow" -q

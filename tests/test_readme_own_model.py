@@ -23,7 +23,11 @@ def test_build_your_own_model_example_trains_and_saves(demo_root, tmp_path):
     run_dir = str(tmp_path / "own")
     code = (code.replace('"demo/data"', repr(demo_root))
             .replace('"runs/regnet_avgmax"', repr(run_dir))
-            .replace("epochs=3", "epochs=1"))
+            .replace("epochs=3", "epochs=1")
+            .replace("image_size=64", "image_size=32")
+            .replace('{"name": "regnety_400mf"}', '{"name": "regnety_400mf", "depths": [1, 1, 1, 1], '
+                     '"widths": [8, 16, 24, 32], "group_width": 8, "stem_width": 8}'))
+    assert "epochs=1" in code and '"depths": [1, 1, 1, 1]' in code
     exec(compile(code, "README.md", "exec"), {})
     with open(os.path.join(run_dir, "metrics.json")) as f:
         report = json.load(f)

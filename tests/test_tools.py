@@ -36,4 +36,16 @@ def test_bench_models_prints_every_mode():
     out = run_tool("bench_models.py", "--image-scale", "0.3", "--haider-batch", "2", "--steps", "1",
                    "--rounds", "1", "--modes", "eager", "graph")
     for name in ("haider2022", "phan2022"):
-        assert f"  {name} " in out
+        assert f"  {name} eager:" in out and f"  {name} graph:" in out
+        assert f"  {name}  " in out.split("One training step")[1]  # its row of the table
+
+
+def test_bench_models_runs_the_other_paper_presets():
+    # Full names are accepted too; the feature recipes keep their paper sizes.
+    out = run_tool("bench_models.py", "--recipes", "zhang2020", "do2020_stat_temporal",
+                   "liu2023", "--image-scale", "0.3", "--zhang-batch", "2", "--do-batch", "2",
+                   "--liu-segments", "1", "--steps", "1", "--rounds", "1", "--modes", "graph")
+    table = out.split("One training step")[1]
+    assert "34x34, batch 2 images" in table
+    assert "features 2048 + 16x7, batch 2 windows" in table
+    assert "features 128x3670, batch 1 segments" in table

@@ -1,8 +1,8 @@
 """Training throughput of the do2020 temporal model: feature cache against a recomputed CNN.
 
-The STAT + LSTM model of Do et al. (ABAW 2020, `recipes/do2020_stat_temporal.py`, default
-Table I model 6) trains on windows of s frames. Two ways to feed it, timed here at equal
-batch size, window, head and optimizer:
+The STAT + LSTM model of Do et al. (ABAW 2020, `affectkit.recipes.do2020_stat_temporal`,
+its `paper` preset, default Table I model 6) trains on windows of s frames. Two ways to
+feed it, timed here at equal batch size, window, head, losses and optimizer:
 
     cache      the face model ran once per frame (`affectkit.features`); each step
                gathers its windows of cached features from the resident matrix
@@ -44,13 +44,16 @@ import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import ops  # noqa: E402
 
+from affectkit import presets  # noqa: E402
 from affectkit.data.affwild2 import FrameIndex, frame_columns  # noqa: E402
 from affectkit.data.sequences import window_dataset  # noqa: E402
-from affectkit.labels import get_schema  # noqa: E402
+from affectkit.recipes.do2020_stat_temporal import (StatTemporalRecipe,  # noqa: E402
+                                                    add_va_vector_label, get_variant)
 from affectkit.training.multitask_model import MultiTaskModel  # noqa: E402
-from recipes import do2020_stat_temporal as recipe  # noqa: E402
+from affectkit.training.optimizers import build_optimizer  # noqa: E402
 
-
+RECIPE = "do2020_stat_temporal"
+STAGE = "temporal"  # the do2020 recipe's one training stage (phase b)
 
 
 class RecomputedWindows(keras.Model):
@@ -94,17 +97,20 @@ def synthetic_index(schema, videos, frames, seed):
     return FrameIndex(pd.DataFrame(table)[frame_columns(schema)], schema)
 
 
-def training_model(network, config):
-    model = MultiTaskModel(network, recipe.build_losses(config),
-                           loss_weights=recipe.build_loss_weights(config))
-    model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]))
+def training_model(network, recipe):
+    """`network` with the recipe's losses, eq. 4 loss weights and optimizer (its temporal
+    stage)."""
+    stage = recipe.config["stages"][STAGE]
+    model = MultiTaskModel(network, recipe.build_losses(STAGE, None),
+                           loss_weights=stage["loss_weights"])
+    model.compile(optimizer=build_optimizer(stage["optimizer"]))
     return model
 
 
 def timed_fit(model, dataset, steps):
     """Seconds of `steps` training steps (the train function is already traced)."""
     start = time.perf_counter()
-    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, shuffle=False, verbose=0)
     return time.perf_counter() - start
 
 
@@ -123,50 +129,61 @@ def main(argv=None):
     parser.add_argument("--lstm-layers", type=int, default=1, choices=(1, 2))
     args = parser.parse_args(argv)
 
-    schema = get_schema("abaw1")
-    variant = recipe.get_variant(args.variant)
+    try:
+        variant = get_variant(args.variant)
+    except ValueError as error:
+        parser.error(f"--variant: {error}")
     if not variant.lstm:
         parser.error(f"--variant {args.variant}: expected a STAT + LSTM variant (5 or 6).")
-    image_size = args.image_size
-    config = dict(recipe.PRESETS["paper"], variant=recipe.variant_name(variant),
-                  image_size=image_size, window=args.window, lstm_layers=args.lstm_layers,
-                  trainable_from=None)
-    window, batch = args.window, args.batch_size
+    image_size, window, batch = args.image_size, args.window, args.batch_size
+    # The paper preset with the window s (the recipe's variant sets the class axis of
+    # `probabilities` to the schema's) and a face model trained whole, then frozen here.
+    config = presets.resolve(RECIPE, "paper", sets=[
+        f"variant={variant.number}", f"face.image_size={image_size}", "face.trainable_from=null",
+        f"model.feature_inputs.probabilities=[{window},7]",
+        f"model.temporal.lstm_layers={args.lstm_layers}"])
+    recipe = StatTemporalRecipe(config, None, "unused", preset="paper")
+    schema, model_config = recipe.schema, recipe.model_config
+    temporal, stage = model_config["temporal"], recipe.config["stages"][STAGE]
     cache_steps = max(20, 10 * args.steps)
 
     print("command:", " ".join([os.path.basename(sys.executable)] + sys.argv))
     print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f} at start")
-    print(f"model {variant.number} ({config['variant']}): face model VGGFace2 ResNet-50, depths "
-          f"(3, 4, 6, 3), widths (256, 512, 1024, 2048), input {image_size}x{image_size}, frozen; "
-          f"STAT + {args.lstm_layers} BiLSTM layer(s) of {config['lstm_units']} units; heads "
-          f"{tuple(config['head_units'])}; window s = {window}; batch {batch} windows; Adam")
+    print(f"model {variant.number} ({recipe.config['variant']}): face model VGGFace2 ResNet-50, "
+          f"depths (3, 4, 6, 3), widths (256, 512, 1024, 2048), input {image_size}x{image_size}, "
+          f"frozen; STAT + {temporal['lstm_layers']} BiLSTM layer(s) of {temporal['lstm_units']} "
+          f"units; heads {tuple(model_config['heads']['expr']['hidden_units'])}; window s = "
+          f"{window}; batch {batch} windows; {stage['optimizer']['name']} "
+          f"(lr {stage['optimizer']['learning_rate']:g}); loss weights {stage['loss_weights']}")
 
     keras.utils.set_random_seed(0)
-    face = recipe.build_face_model(config, schema)
+    face = recipe.build_face_model()
     face.trainable = False
-    config["feature_dim"] = face.output["feature"].shape[-1]
+    feature_dim = face.output["feature"].shape[-1]
     rng = np.random.default_rng(0)
 
-    # Cache path: windows of a synthetic cache, through the recipe's own input pipeline.
+    # Cache path: windows of a synthetic cache, through the recipe's input pipeline (its
+    # windows and inputs, class-balanced targets, the va_vector label).
     index = synthetic_index(schema, videos=8, frames=250, seed=0)
     logits = rng.normal(size=(len(index), schema.num_expressions))
     probabilities = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).astype(np.float32)
-    features = rng.normal(size=(len(index), config["feature_dim"])).astype(np.float32)
+    features = rng.normal(size=(len(index), feature_dim)).astype(np.float32)
+    cache_window, windowed = recipe.window_inputs()
     cache_ds = window_dataset(index, {"feature": features, "probabilities": probabilities},
-                              tasks=variant.tasks, window=window, windowed=["probabilities"],
-                              batch_size=batch, training=True, balance="expr",
-                              drop_remainder=True, repeat=True)
+                              tasks=recipe.tasks, window=cache_window, windowed=windowed,
+                              batch_size=batch, training=True,
+                              balance=recipe.config["data"]["balance"], drop_remainder=True,
+                              repeat=True)
     if variant.va:
-        cache_ds = cache_ds.map(recipe._add_va_vector_label)
-    cached = training_model(recipe.build_model(config, schema), config)
+        cache_ds = cache_ds.map(add_va_vector_label)
+    cached = training_model(recipe.build_model(), recipe)
 
     # Recompute path: the same labels, frames decoded in memory.
     frames = rng.uniform(0, 1, size=(batch, window, image_size, image_size, 3)).astype(np.float32)
     _, labels = next(iter(cache_ds))
     recompute_ds = tf.data.Dataset.from_tensors((frames, labels)).repeat()
-    recomputed = training_model(
-        RecomputedWindows(face, recipe.build_model(config, schema), window), config)
+    recomputed = training_model(RecomputedWindows(face, recipe.build_model(), window), recipe)
 
     print("warming up (tracing both train steps) ...", flush=True)
     timed_fit(cached, cache_ds, 3)
