@@ -42,6 +42,22 @@ def va_labelled(values):
     return ops.abs(values - VA_MISSING) > _VA_TOLERANCE
 
 
+def _column_entries(y_true, y_pred, sample_weight, dtype, labelled):
+    """`(labels, predictions, weights)`, each (rows, C), of per-entry labels: weights are 0
+    where `labelled(labels)` is False, times the row weights."""
+    y_true = ops.convert_to_tensor(y_true)
+    y_pred = ops.convert_to_tensor(y_pred)
+    dtype = y_pred.dtype if dtype is None else dtype
+    columns = y_pred.shape[-1]
+    labels = ops.cast(ops.reshape(y_true, (-1, columns)), dtype)
+    predictions = ops.cast(ops.reshape(y_pred, (-1, columns)), dtype)
+    weights = ops.cast(labelled(labels), dtype)
+    rows = row_weights(sample_weight, ops.shape(y_pred)[:-1], ops.shape(predictions)[0], dtype)
+    if rows is not None:
+        weights = weights * ops.expand_dims(rows, -1)
+    return labels, predictions, weights
+
+
 def va_entries(y_true, y_pred, sample_weight=None, dtype=None):
     """`(labels, predictions, weights)`, each (rows, C) in `dtype`, of regression targets.
 
@@ -51,17 +67,7 @@ def va_entries(y_true, y_pred, sample_weight=None, dtype=None):
         sample_weight: optional row weights, broadcastable to the leading dims.
         dtype: computation dtype (default: that of `y_pred`).
     """
-    y_true = ops.convert_to_tensor(y_true)
-    y_pred = ops.convert_to_tensor(y_pred)
-    dtype = y_pred.dtype if dtype is None else dtype
-    columns = y_pred.shape[-1]
-    labels = ops.cast(ops.reshape(y_true, (-1, columns)), dtype)
-    predictions = ops.cast(ops.reshape(y_pred, (-1, columns)), dtype)
-    weights = ops.cast(va_labelled(labels), dtype)
-    rows = row_weights(sample_weight, ops.shape(y_pred)[:-1], ops.shape(predictions)[0], dtype)
-    if rows is not None:
-        weights = weights * ops.expand_dims(rows, -1)
-    return labels, predictions, weights
+    return _column_entries(y_true, y_pred, sample_weight, dtype, va_labelled)
 
 
 def class_rows(y_true, y_pred, sample_weight=None, class_axis_rank=1, dtype=None):
@@ -104,14 +110,6 @@ def au_entries(y_true, y_pred, sample_weight=None, dtype=None):
     Returns:
         0/1 labels (1 where the AU is present), predictions and entry weights.
     """
-    y_true = ops.convert_to_tensor(y_true)
-    y_pred = ops.convert_to_tensor(y_pred)
-    dtype = y_pred.dtype if dtype is None else dtype
-    num_aus = y_pred.shape[-1]
-    labels = ops.cast(ops.reshape(y_true, (-1, num_aus)), dtype)
-    predictions = ops.cast(ops.reshape(y_pred, (-1, num_aus)), dtype)
-    weights = ops.cast(labels >= 0, dtype)
-    rows = row_weights(sample_weight, ops.shape(y_pred)[:-1], ops.shape(predictions)[0], dtype)
-    if rows is not None:
-        weights = weights * ops.expand_dims(rows, -1)
-    return ops.cast(labels > 0.5, dtype), predictions, weights
+    labels, predictions, weights = _column_entries(y_true, y_pred, sample_weight, dtype,
+                                                   lambda values: values >= 0)
+    return ops.cast(labels > 0.5, labels.dtype), predictions, weights

@@ -180,8 +180,27 @@ class MaskedMacroF1(_ConfusionCounts):
         return {"num_classes": self.num_classes, "name": self.name, "dtype": self.dtype}
 
 
+class _AccuracyCounts(keras.metrics.Metric):
+    """Counts of correct and labelled entries; `result` is their ratio (0 when none)."""
+
+    def __init__(self, name, dtype):
+        super().__init__(name=name, dtype=dtype)
+        self.correct = self.add_variable(shape=(), initializer="zeros", dtype=_STATE_DTYPE, name="correct")
+        self.count = self.add_variable(shape=(), initializer="zeros", dtype=_STATE_DTYPE, name="count")
+
+    def _accumulate(self, actual, predicted, valid):
+        self.correct.assign_add(ops.sum(valid * ops.cast(actual == predicted, _STATE_DTYPE)))
+        self.count.assign_add(ops.sum(valid))
+
+    def result(self):
+        return ops.cast(
+            safe_ratio(ops.convert_to_tensor(self.correct), ops.convert_to_tensor(self.count)),
+            self.dtype,
+        )
+
+
 @keras.saving.register_keras_serializable(package="affectkit")
-class MaskedAccuracy(keras.metrics.Metric):
+class MaskedAccuracy(_AccuracyCounts):
     """Streaming accuracy of expression predictions (argmax); labels -1 are ignored.
 
     Args:
@@ -197,19 +216,10 @@ class MaskedAccuracy(keras.metrics.Metric):
 
     def __init__(self, name="accuracy", dtype=None):
         super().__init__(name=name, dtype=dtype)
-        self.correct = self.add_variable(shape=(), initializer="zeros", dtype=_STATE_DTYPE, name="correct")
-        self.count = self.add_variable(shape=(), initializer="zeros", dtype=_STATE_DTYPE, name="count")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         labels, predicted, valid, _ = _expr_rows(y_true, y_pred, sample_weight)
-        self.correct.assign_add(ops.sum(valid * ops.cast(labels == predicted, _STATE_DTYPE)))
-        self.count.assign_add(ops.sum(valid))
-
-    def result(self):
-        return ops.cast(
-            safe_ratio(ops.convert_to_tensor(self.correct), ops.convert_to_tensor(self.count)),
-            self.dtype,
-        )
+        self._accumulate(labels, predicted, valid)
 
     def get_config(self):
         return {"name": self.name, "dtype": self.dtype}
@@ -263,7 +273,7 @@ class MaskedAUF1(_ConfusionCounts):
 
 
 @keras.saving.register_keras_serializable(package="affectkit")
-class MaskedAUAccuracy(keras.metrics.Metric):
+class MaskedAUAccuracy(_AccuracyCounts):
     """Streaming accuracy over all labelled AU entries (entries -1 are ignored).
 
     Args:
@@ -281,19 +291,10 @@ class MaskedAUAccuracy(keras.metrics.Metric):
     def __init__(self, threshold=AU_THRESHOLD, name="accuracy", dtype=None):
         super().__init__(name=name, dtype=dtype)
         self.threshold = float(threshold)
-        self.correct = self.add_variable(shape=(), initializer="zeros", dtype=_STATE_DTYPE, name="correct")
-        self.count = self.add_variable(shape=(), initializer="zeros", dtype=_STATE_DTYPE, name="count")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         actual, predicted, valid, _ = _au_entries(y_true, y_pred, sample_weight, self.threshold)
-        self.correct.assign_add(ops.sum(valid * ops.cast(actual == predicted, _STATE_DTYPE)))
-        self.count.assign_add(ops.sum(valid))
-
-    def result(self):
-        return ops.cast(
-            safe_ratio(ops.convert_to_tensor(self.correct), ops.convert_to_tensor(self.count)),
-            self.dtype,
-        )
+        self._accumulate(actual, predicted, valid)
 
     def get_config(self):
         return {"threshold": self.threshold, "name": self.name, "dtype": self.dtype}
