@@ -39,7 +39,6 @@ from affectkit.data.affwild2 import FrameIndex, view_columns
 from affectkit.data.pipeline import (TASKS, _check_tasks, _fused_normalizer, _image_paths,
                                      _probe_sizes, decode_frame)
 from affectkit.data.sequences import Segments, segment_indices, segment_labels
-from affectkit.training.trainer import predict_arrays
 
 CLIP_FRAMES = ("all", "labelled")
 
@@ -239,11 +238,5 @@ def predict_clip_frames(model, index, tasks, batch_size=16, view="aligned"):
         )
     dataset = clip_dataset(clips, image_size=int(shape[2]), batch_size=batch_size, view=view,
                            with_labels=False)
-    outputs = predict_arrays(model, dataset, tasks)
-    rows, valid = segments.rows[segments.valid], segments.valid
-    per_frame = {}
-    for task, values in outputs.items():
-        frame_values = np.zeros((len(kept.frames),) + values.shape[2:], values.dtype)
-        frame_values[rows] = values[valid]
-        per_frame[task] = frame_values
-    return per_frame
+    outputs = model.predict(dataset, verbose=0)
+    return segments.to_rows({task: outputs[task] for task in tasks}, len(kept.frames))

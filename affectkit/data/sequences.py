@@ -187,6 +187,18 @@ class Segments(NamedTuple):
         order = np.asarray(order, np.int64)
         return Segments(*(np.asarray(field)[order] for field in self))
 
+    def to_rows(self, outputs, num_rows):
+        """Per-step outputs (dict name -> `(n_segments, length, ...)`, in segment order) put
+        back on the rows they were read from: dict name -> `(num_rows, ...)`. With
+        non-overlapping segments every row gets exactly one value; padding is dropped."""
+        rows = self.rows[self.valid]
+        per_row = {}
+        for name, values in outputs.items():
+            values = np.asarray(values)
+            per_row[name] = np.zeros((num_rows,) + values.shape[2:], values.dtype)
+            per_row[name][rows] = values[self.valid]
+        return per_row
+
 
 def segment_indices(videos, frames, length, stride=None):
     """Cuts every run of consecutive frames into segments of `length` rows, `stride` apart.

@@ -12,8 +12,10 @@ that cuts a video at every unlabelled or imageless frame, into short pieces each
 the clip length. The presets use `"all"` instead: clips run over every frame of a video,
 frames without their own image read the nearest frame's, and those frames and the
 unlabelled ones are labelled -1 (out of loss and metrics). The clips stay contiguous in
-time, and the training set is larger. On the default demo data, `cpu_demo` scored a
-validation macro-F1 of 0.2797 with `"all"` and 0.2341 with `"labelled"` (chance 0.0423).
+time, and the training set is larger: on the default demo data, `cpu_demo` cuts 300
+training clips holding 9360 frames with `"all"`, 223 holding 4077 with `"labelled"`, and
+scores a validation macro-F1 of 0.2492 (official files 0.2531) with `"all"` against 0.2041
+(0.2026) with `"labelled"`; the majority class scores 0.0423.
 """
 
 MODEL = {

@@ -320,13 +320,7 @@ class Recipe:
         """`predict_frames` of a model over segments of cached features: every row of
         `index`, from the one segment (or whole run) that holds it."""
         dataset, segments = self.segment_dataset(index, sources)
-        outputs = predict_arrays(model, dataset, self.tasks)
-        rows = segments.rows[segments.valid]
-        per_row = {}
-        for task, values in outputs.items():
-            per_row[task] = np.zeros((len(index.frames),) + values.shape[2:], values.dtype)
-            per_row[task][rows] = values[segments.valid]
-        return per_row
+        return segments.to_rows(predict_arrays(model, dataset, self.tasks), len(index.frames))
 
     def build_model(self):
         """The run's `AffectModel`: the paper's preset with the run's overrides."""
