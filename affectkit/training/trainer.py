@@ -203,12 +203,14 @@ class Trainer:
                 network, val_ds, val_labels, self.schema, self.tasks, self.best_path,
                 os.path.join(self.state_dir, "best.json"),
             ),
+            # After the validation (which adds val_score), before the logs are written
+            # (e.g. reduce-on-plateau's learning_rate reaches history.csv).
+            *extra_callbacks,
             keras.callbacks.TensorBoard(os.path.join(self.run_dir, "tensorboard", stage)),
             keras.callbacks.TerminateOnNaN(),
             _StageCSVLogger(stage, os.path.join(self.run_dir, "history.csv")),
             # After the CSV logger, so a backup never claims an epoch the history lacks.
             _Backup(backup_dir, save_freq=self.backup_every, delete_checkpoint=False),
-            *extra_callbacks,
         ]
         history = model.fit(
             train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
