@@ -14,6 +14,7 @@ import pytest
 import tensorflow as tf
 
 from affectkit import losses, metrics, streaming_metrics
+from tests.keras_checks import check_loss, check_serialization
 
 EPS = 1e-7
 
@@ -336,11 +337,15 @@ def all_losses():
 
 @pytest.mark.parametrize("obj", all_losses(), ids=lambda o: type(o).__name__)
 def test_loss_serialization_round_trip(obj):
-    serialized = keras.saving.serialize_keras_object(obj)
-    assert serialized["registered_name"] == f"affectkit>{type(obj).__name__}"
-    clone = keras.saving.deserialize_keras_object(json.loads(json.dumps(serialized)))
-    assert type(clone) is type(obj)
-    assert clone.get_config() == obj.get_config()
+    check_serialization(obj)
+
+
+def test_ccc_loss_through_the_shared_loss_checks():
+    rng = np.random.default_rng(5)
+    y_true = rng.uniform(-1, 1, (12, 2)).astype(np.float32)
+    y_true[[1, 4], 0] = -5.0  # missing valence
+    y_pred = rng.uniform(-1, 1, (12, 2)).astype(np.float32)
+    check_loss(losses.MaskedCCCLoss(), y_true, y_pred, np_ccc_loss(y_true, y_pred))
 
 
 def tiny_model():

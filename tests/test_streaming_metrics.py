@@ -9,6 +9,7 @@ import tensorflow as tf
 from sklearn.metrics import accuracy_score, f1_score
 
 from affectkit import metrics, streaming_metrics
+from tests.keras_checks import check_metric, check_serialization
 from tests.metric_references import BATCHES, random_au, random_expr, random_va, sklearn_au
 
 
@@ -114,11 +115,20 @@ def all_metrics():
 
 @pytest.mark.parametrize("metric", all_metrics(), ids=lambda m: m.name)
 def test_metric_serialization_round_trip(metric):
-    serialized = keras.saving.serialize_keras_object(metric)
-    assert serialized["registered_name"] == f"affectkit>{type(metric).__name__}"
-    clone = keras.saving.deserialize_keras_object(serialized)
-    assert type(clone) is type(metric)
-    assert clone.get_config() == metric.get_config()
+    check_serialization(metric)
+
+
+def test_ccc_and_macro_f1_through_the_shared_metric_checks():
+    rng = np.random.default_rng(11)
+    y_true, y_pred = random_va(rng, 40)
+    check_metric(streaming_metrics.ConcordanceCorrelation(), y_true, y_pred,
+                 metrics.va_metrics(y_true, y_pred)["va"], batches=(3, 7, 1))
+    labels, probabilities = random_expr(rng, 40, 8)
+    valid = labels >= 0
+    expected = f1_score(labels[valid], probabilities[valid].argmax(-1), labels=range(8),
+                        average="macro", zero_division=0)
+    check_metric(streaming_metrics.MaskedMacroF1(num_classes=8), labels, probabilities,
+                 expected, batches=(5, 2))
 
 
 def test_metrics_under_mirrored_strategy_give_pooled_values():

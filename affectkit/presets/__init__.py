@@ -90,12 +90,12 @@ def set_key(config, dotted, value):
         if not isinstance(node.get(part), dict):
             if part in node or parts[0] != "model":
                 where = ".".join(parts[: i + 1])
-                raise KeyError(f"--set {dotted}: {where!r} is not a group of settings; "
+                raise ValueError(f"--set {dotted}: {where!r} is not a group of settings; "
                                f"expected one of {sorted(node)}.")
             node[part] = {}
         node = node[part]
     if parts[-1] not in node and parts[0] != "model":
-        raise KeyError(f"--set {dotted}: no setting {parts[-1]!r}; expected one of "
+        raise ValueError(f"--set {dotted}: no setting {parts[-1]!r}; expected one of "
                        f"{sorted(node)}.")
     node[parts[-1]] = value
     return config
