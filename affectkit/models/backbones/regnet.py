@@ -36,7 +36,6 @@ minus the ImageNet mean, divided by its standard deviation), as torchvision's (a
 ImageNet RegNet weights do; `normalization_layer("imagenet")` is the core layer for it.
 """
 
-import inspect
 import math
 
 import keras
@@ -48,7 +47,7 @@ from affectkit.models.backbones.blocks import (
     global_pooling,
     squeeze_excitation,
 )
-from affectkit.models.backbones.presets import preset_config
+from affectkit.models.backbones.presets import builder_arguments, preset_config
 from affectkit.models.backbones.weights import load_weights_file
 
 NORMALIZATION = "imagenet"
@@ -333,15 +332,6 @@ def build_preset(name, **overrides):
     return regnet(**preset_config(PRESETS, name, overrides))
 
 
-def _config(preset, overrides):
-    """A preset name or dict + overrides -> every `regnet` argument."""
-    if isinstance(preset, str):
-        config = preset_config(PRESETS, preset, overrides)
-    else:
-        config = {**preset, **overrides}
-    return {**_defaults(), **config}
-
-
 def feature_width(preset, **overrides):
     """Channels of a configuration's output (map or pooled vector), without building it.
 
@@ -353,7 +343,7 @@ def feature_width(preset, **overrides):
     feature_width("regnety_1.6gf")   # 888
     ```
     """
-    config = _config(preset, overrides)
+    config = builder_arguments(regnet, PRESETS, preset, overrides)
     if config["include_top"]:
         return int(config["num_classes"])
     return int(config["widths"][-1])
@@ -380,7 +370,7 @@ def count_params(preset, input_shape=(224, 224, 3), include_top=True, trainable_
     count_params("regnety_1.6gf", trainable_only=True)  # 11202430
     ```
     """
-    config = _config(preset, overrides)
+    config = builder_arguments(regnet, PRESETS, preset, overrides)
     group_width, ratio = config["group_width"], config["bottleneck_ratio"]
     se_ratio = config["se_ratio"]
     depths, widths = _resolve(config["depths"], config["widths"], group_width, ratio,
@@ -408,6 +398,3 @@ def count_params(preset, input_shape=(224, 224, 3), include_top=True, trainable_
         total += channels * config["num_classes"] + config["num_classes"]
     return total
 
-
-def _defaults():
-    return {k: p.default for k, p in inspect.signature(regnet).parameters.items()}

@@ -46,13 +46,12 @@ Presets (`PRESETS`): `"vggface2_resnet50"`, the network above; `build_preset` bu
 `feature_width` gives its output channels without building it.
 """
 
-import inspect
 
 import keras
 
 from affectkit.models.backbones.blocks import check_pooling, conv_bn, global_pooling
 from affectkit.models.backbones.normalization import VGGFace2Preprocessing
-from affectkit.models.backbones.presets import preset_config
+from affectkit.models.backbones.presets import builder_arguments, preset_config
 from affectkit.models.backbones.weights import freeze_layers_before, load_weights_file
 
 BN_EPSILON = 1e-3  # keras-vggface: Keras' default (the Caffe model used 1e-5)
@@ -350,10 +349,7 @@ def feature_width(preset, **overrides):
     feature_width("vggface2_resnet50")   # 2048
     ```
     """
-    config = preset_config(PRESETS, preset, overrides) if isinstance(preset, str) \
-        else {**preset, **overrides}
-    defaults = {k: p.default for k, p in inspect.signature(vggface2_resnet50).parameters.items()}
-    config = {**defaults, **config}
+    config = builder_arguments(vggface2_resnet50, PRESETS, preset, overrides)
     if config["include_top"]:
         return int(config["num_classes"])
     return int(config["widths"][-1])

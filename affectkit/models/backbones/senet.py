@@ -30,7 +30,6 @@ authors' ImageNet models. The VGGFace2 SENet-50 (Caffe layout, `stride_in_1x1=Tr
 expects `"vggface2"` input instead; see `affectkit.models.backbones.normalization`.
 """
 
-import inspect
 
 import keras
 
@@ -40,7 +39,7 @@ from affectkit.models.backbones.blocks import (
     global_pooling,
     squeeze_excitation,
 )
-from affectkit.models.backbones.presets import preset_config
+from affectkit.models.backbones.presets import builder_arguments, preset_config
 from affectkit.models.backbones.weights import load_weights_file
 from affectkit.models.layers.channel_pooling import ChannelPooling
 
@@ -278,15 +277,6 @@ def build_preset(name, **overrides):
     return bottleneck_resnet(**preset_config(PRESETS, name, overrides))
 
 
-def _config(preset, overrides):
-    """A preset name or dict + overrides -> every `bottleneck_resnet` argument."""
-    if isinstance(preset, str):
-        config = preset_config(PRESETS, preset, overrides)
-    else:
-        config = {**preset, **overrides}
-    return {**_defaults(), **config}
-
-
 def feature_width(preset, **overrides):
     """Channels of a configuration's output (map or pooled vector), without building it.
 
@@ -299,7 +289,7 @@ def feature_width(preset, **overrides):
     feature_width("senet50", widths=(16, 32, 64, 128))  # 128
     ```
     """
-    config = _config(preset, overrides)
+    config = builder_arguments(bottleneck_resnet, PRESETS, preset, overrides)
     if config["include_top"]:
         return int(config["num_classes"])
     return int(config["widths"][-1])
@@ -326,8 +316,8 @@ def count_params(preset, input_shape=(224, 224, 3), include_top=True, trainable_
     count_params("senet50", trainable_only=True)  # 28088024
     ```
     """
-    config = {**_config(preset, overrides), "input_shape": input_shape,
-              "include_top": include_top}
+    config = {**builder_arguments(bottleneck_resnet, PRESETS, preset, overrides),
+              "input_shape": input_shape, "include_top": include_top}
     groups, attention = config["groups"], config["attention"]
     ratio, kernel = config["se_ratio"], config["spatial_kernel_size"]
     depths, widths, bottleneck_widths = _resolve(
@@ -362,8 +352,3 @@ def count_params(preset, input_shape=(224, 224, 3), include_top=True, trainable_
         total += dense(channels, config["num_classes"])
     return total
 
-
-def _defaults():
-    return {
-        k: p.default for k, p in inspect.signature(bottleneck_resnet).parameters.items()
-    }
