@@ -208,11 +208,12 @@ def main(argv=None):
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start; "
           f"{args.image_size}x{args.image_size}, batch {args.batch_size}, SGD, {THREADS} threads, "
           f"{args.warmup_steps} warm-up + {args.rounds} x {args.steps} timed steps per worker")
-    rows, versions = [], {}
+    rows, versions = [], {}  # version strings, in order of appearance
     for family in args.families:
         keras_result = _run_worker("keras", family, args)
         torch_result = _run_worker("torch", family, args)
-        versions["keras"], versions["torch"] = keras_result["version"], torch_result["version"]
+        for result in (keras_result, torch_result):
+            versions.update(dict.fromkeys(result["version"].split(", ")))
         ours, theirs = (statistics.median(r["rates"]) for r in (keras_result, torch_result))
         library, name = FAMILIES[family]["torch"]
         rows.append((family, keras_result["params"], ours, f"{library} {name}",
@@ -221,7 +222,7 @@ def main(argv=None):
               flush=True)
 
     print(f"\nTraining step, images/s (median of {args.rounds} rounds x {args.steps} steps); "
-          f"{versions['keras']}; {versions['torch']}")
+          f"{', '.join(versions)}; load average {os.getloadavg()[0]:.1f} at the end")
     print(f"  {'affectkit':<16s} {'params':>11s} {'img/s':>8s}   {'PyTorch':<32s} "
           f"{'params':>11s} {'img/s':>8s}   {'ratio':>5s}")
     below = []
