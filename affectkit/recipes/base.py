@@ -12,6 +12,7 @@ extras (callbacks), its data preparation, and, for inputs other than frames, how
 and per-frame predictions are made. Its presets are plain dicts in `affectkit.presets`.
 """
 
+import abc
 import copy
 import os
 
@@ -36,7 +37,7 @@ ANNOTATIONS = ("per_task", "mtl", "auto")
 SEGMENT_BLOCKS = ("segment_transformer", "segment_lstm")
 
 
-class Recipe:
+class Recipe(abc.ABC):
     """One training run of a paper's system into a run directory.
 
     Args:
@@ -74,9 +75,9 @@ class Recipe:
 
     # ------------------------------------------------------------------ what papers add
 
+    @abc.abstractmethod
     def build_losses(self, stage, train_labels):
         """dict output -> masked Keras loss for `stage` (all outputs of the model)."""
-        raise NotImplementedError(f"{type(self).__name__} must define build_losses.")
 
     def prepare(self):
         """Work before training (e.g. building feature caches); returns nothing."""
