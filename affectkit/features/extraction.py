@@ -334,12 +334,7 @@ def backbone_feature_model(name, image_size=112, weights=None, **hyperparameters
         image_size = (int(image_size), int(image_size))
     shape = (int(image_size[0]), int(image_size[1]), 3)
     backbone = backbones.build_backbone(name, shape, weights=weights, **hyperparameters)
-    if name == "vggface2_resnet50":
-        normalize = backbones.normalization_layer("vggface2")
-    elif name == "inception_v3":
-        normalize = backbones.normalization_layer("inception")
-    else:
-        normalize = backbones.normalization_layer("imagenet")
+    normalize = backbones.normalization_layer(backbones.backbone_normalization(name))
     # Functional graph.
     inputs = keras.Input(shape, name="image")
     x = backbone(normalize(inputs))

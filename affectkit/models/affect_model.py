@@ -80,15 +80,14 @@ def _head_layers(task, schema, config):
     if head_type not in HEADS:
         raise ValueError(f"head type {head_type!r} of task {task!r}: expected one of "
                          f"{sorted(HEADS)}.")
+    config.setdefault("activation", activation)
     if config.pop("separate_dimensions", False):
         if task != "va":
             raise ValueError(f"`separate_dimensions` is for the va head; got it for {task!r}.")
         # Do et al. 2020: valence and arousal each from their own branch.
-        config.setdefault("activation", activation)
         branches = [HEADS[head_type](1, name=dimension, **config)
                     for dimension in schema.va_names]
         return source, branches, keras.layers.Concatenate(dtype="float32", name=task)
-    config.setdefault("activation", activation)
     return source, [HEADS[head_type](units, name=task, **config)], None
 
 

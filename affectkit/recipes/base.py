@@ -99,8 +99,13 @@ class Recipe(abc.ABC):
     def run_indexes(self):
         """`(train_index, val_index)`: the frames the run trains on and picks its best
         epoch on; the official splits by default (a cross-validation fold holds out others).
-        The official files are those of the official validation set (`write_official`)."""
-        return self.index("train"), self.index("val")
+        The official files are those of the official validation set (`write_official`).
+        Clips over every frame (`data.clip_frames: all`) read indexes whose frames without
+        an image point at the nearest one."""
+        fill = (self.model_config.get("input_kind") == "clips"
+                and self.config["data"].get("clip_frames", "all") == "all")
+        return (self.index("train", fill_missing_images=fill),
+                self.index("val", fill_missing_images=fill))
 
     # ------------------------------------------------------------------ shared steps
 
@@ -154,8 +159,8 @@ class Recipe(abc.ABC):
         model's view (`affectkit.data.clips`), labels `(n_clips, length, ...)`.
 
         `config["data"]`: `batch_size` (clips), `clip_frames` (`"all"`, the default: every
-        frame, frames without their own image reading the nearest frame's, so the splits'
-        indexes are read again with `fill_missing_images=True`; or `"labelled"`: frames with
+        frame, frames without their own image reading the nearest frame's, from the indexes
+        `run_indexes` reads with `fill_missing_images=True`; or `"labelled"`: frames with
         their own image and a label), `train_stride` (frames between training clip starts;
         default: no overlap) and `cache_frames` (decoded clips kept in memory).
         """
@@ -163,9 +168,6 @@ class Recipe(abc.ABC):
         frames = data.get("clip_frames", "all")
         view = self.model_config.get("view", "aligned")
         length = self.model_config["sequence_length"]
-        if frames == "all":
-            train_index = self.index("train", fill_missing_images=True)
-            val_index = self.index("val", fill_missing_images=True)
         cut = dict(frames=frames, tasks=self.tasks, view=view)
         train = clip_segments(train_index, length, stride=data.get("train_stride"), **cut)
         val = clip_segments(val_index, length, **cut)
