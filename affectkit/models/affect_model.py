@@ -120,7 +120,6 @@ class AffectModel(keras.Model):
             returns several (default `"features"`), and `"separate_dimensions": True`
             gives `va` a branch per dimension. Tasks without an entry get a plain
             `MLPHead`; entries of tasks not in `tasks` are ignored.
-        feature_output: also output `features`, what the heads read (for feature caches).
         **kwargs: `keras.Model` arguments (`name`).
 
     Example:
@@ -151,7 +150,6 @@ class AffectModel(keras.Model):
         neck=None,
         temporal=None,
         heads=None,
-        feature_output=False,
         **kwargs,
     ):
         schema = get_schema(schema)
@@ -239,8 +237,6 @@ class AffectModel(keras.Model):
                                  f"{sorted(features)}.")
             values = [layer(features[source]) for layer in layers]
             outputs[task] = values[0] if merge is None else merge(values)
-        if feature_output:
-            outputs["features"] = features["features"]
         if len(inputs) == 1:
             inputs = next(iter(inputs.values()))
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
@@ -260,7 +256,6 @@ class AffectModel(keras.Model):
         self.neck_config = None if neck is None else dict(neck)
         self.temporal_config = None if temporal is None else dict(temporal)
         self.heads_config = heads
-        self.feature_output = bool(feature_output)
 
     @staticmethod
     def _backbone(backbone, image_size):
@@ -319,7 +314,6 @@ class AffectModel(keras.Model):
             "neck": self.neck_config,
             "temporal": self.temporal_config,
             "heads": self.heads_config,
-            "feature_output": self.feature_output,
         }
 
     @classmethod

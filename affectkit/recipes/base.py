@@ -47,8 +47,8 @@ class Recipe(abc.ABC):
         out: the run directory.
         preset: the preset's name, recorded in `config.json`.
 
-    Subclasses set `name` (the recipe and preset name) and `title` (the paper), and
-    override `build_losses` and, where the paper needs it, `prepare`, `datasets`,
+    Subclasses set `name` (the recipe and preset name; the paper's title is the first line
+    of its preset file, `presets.title(name)`), define `build_losses` and override, where the paper needs it, `prepare`, `datasets`,
     `stage_callbacks`, `predict_frames`, `extra_report`, `run_indexes` (other frames than
     the official splits) and `training_model` (a training-time wrapper of the network).
 
@@ -58,7 +58,6 @@ class Recipe(abc.ABC):
     """
 
     name = None
-    title = None
     # The tasks whose annotations make up the index (`index`); None: the model's tasks.
     index_tasks = None
 

@@ -163,7 +163,6 @@ class StatTemporalRecipe(Recipe):
     Temporal Statistical Deep Learning Model" (FG 2020, ABAW 2020)."""
 
     name = "do2020_stat_temporal"
-    title = "Do et al., multi-task temporal statistical model, ABAW 2020"
     index_tasks = ("va", "expr")
 
     def __init__(self, config, data, out, preset=None):

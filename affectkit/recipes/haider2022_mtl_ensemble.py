@@ -35,7 +35,6 @@ class RegionAttentionRecipe(Recipe):
     Using Multi-task Learning" (ABAW4 2022)."""
 
     name = "haider2022_mtl_ensemble"
-    title = "Haider et al., ensemble of multi-task models, ABAW4 2022"
 
     def __init__(self, config, data, out, preset=None):
         super().__init__(config, data, out, preset=preset)

@@ -57,7 +57,6 @@ class MultimodalEnsembleRecipe(Recipe):
     CVPRW 2023)."""
 
     name = "liu2023_multimodal_ensemble"
-    title = "Liu et al., multimodal features + LSTM/transformer + vote, ABAW5 2023"
 
     def __init__(self, config, data, out, preset=None):
         super().__init__(config, data, out, preset=preset)

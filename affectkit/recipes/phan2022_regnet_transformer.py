@@ -21,7 +21,6 @@ class RegNetTransformerRecipe(Recipe):
     Neural Network for the 3rd ABAW3 Competition" (CVPRW 2022)."""
 
     name = "phan2022_regnet_transformer"
-    title = "Phan et al., RegNet + attention + transformer, ABAW3 2022"
 
     def build_losses(self, stage, train_labels):
         """Focal loss with label smoothing (`config["losses"]`), -1 labels masked."""

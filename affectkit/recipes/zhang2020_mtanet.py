@@ -14,7 +14,6 @@ class MTANetRecipe(Recipe):
     Convolutional Network" (ABAW 2020)."""
 
     name = "zhang2020_mtanet"
-    title = "Zhang & Gu, MTANet, ABAW 2020"
 
     def build_losses(self, stage, train_labels):
         return {
