@@ -15,7 +15,7 @@ from affectkit.models.layers.heads import MLPHead, PerTokenClassifier
 from affectkit.models.layers.necks import AvgMaxNeck, RegionTokenNeck
 from affectkit.models.layers.temporal import ConcatAttentionTransformer, StatBiLSTMFusion
 from affectkit.training.multitask_model import MultiTaskModel
-from tests.keras_checks import assert_reloads_in_fresh_process, check_layer
+from tests.keras_checks import assert_reloads_in_fresh_process, check_layer, check_serialization
 
 RNG = np.random.default_rng(0)
 TINY_RESNET = {"depths": [1, 1], "stem_width": 8, "widths": [16, 32], "bottleneck_widths": [4, 8]}
@@ -207,7 +207,7 @@ def test_region_token_neck_outputs():
         "features": (2, 4), "tokens": (2, 5, 4), "attention": (2, 4, 4, 5)}
     attention = keras.ops.convert_to_numpy(out["attention"])
     assert attention.min() >= 0 and attention.max() <= 1
-    assert RegionTokenNeck.from_config(layer.get_config()).get_config() == layer.get_config()
+    check_serialization(layer)
     with pytest.raises(ValueError, match="not divisible"):
         RegionTokenNeck(token_width=6, transformer_heads=4)
 
@@ -225,7 +225,7 @@ def test_stat_bilstm_fusion_layout():
     assert tuple(both(inputs).shape) == (2, 9 + 4 + 5 + 3)
     assert both.compute_output_shape({"feature": (None, 5), "probabilities": (None, 4, 3)}) == \
         (None, 21)
-    assert StatBiLSTMFusion.from_config(both.get_config()).get_config() == both.get_config()
+    check_serialization(both)
 
 
 def test_concat_attention_transformer_keeps_the_features_first():
@@ -242,4 +242,5 @@ def test_fold_and_unfold_frames_round_trip():
     np.testing.assert_array_equal(folded, clips.reshape(6, 4, 4, 1))
     back = keras.ops.convert_to_numpy(UnfoldFrames(3)(folded))
     np.testing.assert_array_equal(back, clips)
-    assert UnfoldFrames.from_config(UnfoldFrames(3).get_config()).sequence_length == 3
+    check_serialization(FoldFrames())
+    assert check_serialization(UnfoldFrames(3))["sequence_length"] == 3
