@@ -11,6 +11,11 @@ setup(
         "tensorboard>=2.16,<2.22",
         "keras>=3.10,<4",
         "keras-tuner>=1.4.7,<1.5",
+        # KerasTuner's chief/worker search talks gRPC; TF 2.21 no longer installs it (nor
+        # tensorboard, which KerasTuner imports in every trial).
+        "grpcio>=1.60,<2",
+        # `affectkit tune --space FILE.yaml`
+        "pyyaml>=6,<7",
         "numpy>=1.26,<3",
         "pandas>=2.2,<4",
         "opencv-python-headless>=4.9,<6",

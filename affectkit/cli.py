@@ -251,6 +251,67 @@ def _train(args):
           "plots, predictions/)")
 
 
+def _tune_arguments(parser):
+    from affectkit import presets
+    from affectkit.tuning.search import TUNERS
+
+    parser.add_argument("recipe", choices=presets.available(), help="recipe name")
+    parser.add_argument("--data", help="Aff-Wild2 folder (or `affectkit demo-data` output)")
+    parser.add_argument("--out", help="search directory (rerun the command to resume)")
+    parser.add_argument("--preset", default="paper",
+                        help="run preset the trials start from (default paper)")
+    parser.add_argument("--tuner", default="random", choices=TUNERS,
+                        help="KerasTuner search algorithm (default random)")
+    parser.add_argument("--max-trials", type=int, default=10,
+                        help="trials in all (default %(default)s)")
+    parser.add_argument("--space", help="JSON or YAML file overriding the search space "
+                                        "entry by entry (null removes one); see --show-space")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a preset key in every trial (as in `affectkit train`)")
+    parser.add_argument("--epochs", type=int,
+                        help="every stage's epochs in a trial (best_config.json keeps the "
+                             "preset's); hyperband: its largest budget is their sum")
+    parser.add_argument("--objective", default="score",
+                        help="ABAW validation component to maximise (default score; e.g. "
+                             "expr_f1, va_arousal)")
+    parser.add_argument("--seed", type=int, default=0, help="the tuner's seed")
+    parser.add_argument("--config", help="a run's config.json to start from instead of "
+                                         "--preset")
+    parser.add_argument("--show-space", action="store_true",
+                        help="print the search space and exit")
+
+
+def _tune(args):
+    from affectkit import presets
+    from affectkit.training.run_directory import read_run_config
+    from affectkit.tuning import spaces
+
+    base, preset = None, args.preset
+    if args.config:
+        record = read_run_config(args.config)
+        if record["recipe"] != args.recipe:
+            raise ValueError(f"{args.config}: a run of {record['recipe']}, not {args.recipe}.")
+        base, preset = record["config"], record.get("preset") or preset
+        args.data = args.data or record.get("data")
+    space = presets.search_space(args.recipe, preset)
+    if args.space:
+        space = spaces.load_space(args.space, base=space)
+    if args.show_space:
+        config = presets.resolve(args.recipe, preset, args.set, config=base)
+        spaces.check_keys(config, space, where=args.space or f"{args.recipe} search space")
+        print(f"Search space of {args.recipe} ({preset}); `--space FILE` overrides entries:")
+        print("\n".join(spaces.describe(space, config)))
+        return
+    missing = [flag for flag, value in (("--data", args.data), ("--out", args.out)) if not value]
+    if missing:
+        raise ValueError(f"{' and '.join(missing)} required (or --show-space).")
+    from affectkit.tuning.search import run_search
+
+    run_search(args.recipe, args.data, args.out, preset=preset, config=base, sets=args.set,
+               epochs=args.epochs, space=space, tuner=args.tuner, max_trials=args.max_trials,
+               objective=args.objective, seed=args.seed, verbose=args.verbose)
+
+
 def _ensemble_arguments(parser):
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
                         help="finished run directories (or folders of fold_k runs)")
@@ -301,6 +362,9 @@ COMMANDS = (
             lambda parser: None, _recipes),
     Command("train", "train a recipe into a run directory (resumes when rerun)",
             _train_arguments, _train, uses_tensorflow=True),
+    Command("tune", "search a recipe's hyperparameters with KerasTuner (resumes when rerun; "
+            "chief/worker through KERASTUNER_* variables)", _tune_arguments, _tune,
+            uses_tensorflow=True),
     Command("ensemble", "average (or vote) finished runs' validation predictions and score "
             "them", _ensemble_arguments, _ensemble, uses_tensorflow=True),
 )

@@ -45,7 +45,9 @@ def tiny_recipe(tmp_path, *sets, data="unused", width=12, seed=0):
     config = tiny_config(f'model.feature_inputs={{"features": [null, {width}]}}', *sets)
     recipe = Recipe(config, data, str(tmp_path / "run"))
     recipe.train_features = np.random.default_rng(seed).normal(2.0, 3.0, (64, width))
-    return recipe, recipe.build_model()
+    network = recipe.build_model()
+    recipe.adapt_model(network)
+    return recipe, network
 
 
 @pytest.fixture(scope="module")

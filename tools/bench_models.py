@@ -135,6 +135,7 @@ def training_setup(short, batch, scale, rng):
         width = next(iter(recipe.model_config["feature_inputs"].values()))[-1]
         recipe.train_features = rng.normal(size=(256, width)).astype("float32")
     network = recipe.build_model()
+    recipe.adapt_model(network)
     x = random_inputs(network, batch, config["data"].get("segment_length"), rng)
     y = random_labels(network, x, rng)
     stage, settings = next(iter(config["stages"].items()))

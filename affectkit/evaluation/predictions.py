@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from affectkit.labels import get_schema
+from affectkit.training.run_directory import write_atomic
 
 VALIDATION_FILE = os.path.join("predictions", "validation.csv")
 
@@ -46,9 +47,8 @@ def write_predictions(path, frames, outputs, schema):
                                  f"({len(frames)}, {len(columns)}) ({', '.join(columns)}).")
             table.update(zip(columns, values.T))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    partial = path + ".partial"
-    pd.DataFrame(table).to_csv(partial, index=False, float_format="%.6g")
-    os.replace(partial, path)
+    write_atomic(path, lambda partial: pd.DataFrame(table).to_csv(partial, index=False,
+                                                                  float_format="%.6g"))
     return path
 
 

@@ -5,7 +5,6 @@ format); MTL predictions are one submission file (`image,valence,arousal,express
 Scores are the NumPy definitions of `affectkit.metrics`; nothing here loads TensorFlow.
 """
 
-import json
 import os
 
 import numpy as np
@@ -106,6 +105,7 @@ def write_scores(path, scores):
             return value.item()
         return value
 
+    from affectkit.training.run_directory import write_json
+
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(plain(scores), f, indent=2)
+    write_json(path, plain(scores))

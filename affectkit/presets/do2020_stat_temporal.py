@@ -84,3 +84,17 @@ RUNS = {
         },
     ),
 }
+
+# `affectkit tune` search spaces (`affectkit.tuning.spaces`), from the paper's ablation
+# (Table I): the window s of previous frames, BiLSTM layers, the VA branches
+# on or off (Table I models 6 and 5) and the loss weights of eq. 4.
+SPACE = {
+    "window": {"choices": [1, 16, 32], "keys": ["model.feature_inputs.probabilities.0"]},
+    "lstm_layers": {"choices": [1, 2], "keys": ["model.temporal.lstm_layers"]},
+    "va_branches": {"choices": {"on": "emotion_va_frame_lstm", "off": "emotion_frame_lstm"},
+                    "keys": ["variant"]},
+    "ccc_weight": {"min": 0.1, "max": 1.0, "keys": ["loss_weights.ccc"]},
+    "mse_weight": {"min": 0.05, "max": 0.5, "keys": ["loss_weights.mse"]},
+}
+
+SPACES = {"paper": SPACE, "cpu_demo": SPACE}

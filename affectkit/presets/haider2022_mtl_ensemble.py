@@ -69,3 +69,17 @@ RUNS = {
         attention_maps=6,
     ),
 }
+
+# `affectkit tune` search spaces (`affectkit.tuning.spaces`), from the paper's design
+# choices: the 5 hidden-AU regions on or off (17 or the 12 labelled AUs' regions), the
+# token width, the view the model sees, and the weights of the three losses.
+SPACE = {
+    "hidden_aus": {"choices": {"on": 17, "off": 12}, "keys": ["model.neck.num_regions"]},
+    "token_width": {"choices": [8, 16, 32], "keys": ["model.neck.token_width"]},
+    "view": {"choices": ["aligned", "cropped"], "keys": ["model.view"]},
+    "va_weight": {"min": 0.5, "max": 4.0, "keys": ["stages.mtl.loss_weights.va"]},
+    "expr_weight": {"min": 0.25, "max": 2.0, "keys": ["stages.mtl.loss_weights.expr"]},
+    "au_weight": {"min": 0.25, "max": 2.0, "keys": ["stages.mtl.loss_weights.au"]},
+}
+
+SPACES = {"paper": SPACE, "cpu_demo": SPACE}

@@ -78,3 +78,20 @@ RUNS = {
                           "optimizer": {"name": "adam", "learning_rate": 1e-3}}},
     ),
 }
+
+# `affectkit tune` search spaces (`affectkit.tuning.spaces`), from the paper's ablation:
+# the encoder (eq. 2 LSTM or eq. 3 transformer), the segment length, R-Drop's alpha (eq. 4)
+# and the model width (the projection of eq. 1, also the LSTM's width). The demo's videos
+# are 60 frames long: its segments are shorter and its widths smaller.
+SPACE = {
+    "encoder": {"choices": ["transformer", "lstm"], "keys": ["encoder"]},
+    "segment_length": {"choices": [64, 128, 256], "keys": ["data.segment_length"]},
+    "rdrop_alpha": {"min": 0.5, "max": 10.0, "sampling": "log", "keys": ["losses.rdrop_alpha"]},
+    "width": {"choices": [256, 512, 1024], "keys": ["model.neck.units", "lstm.units"]},
+}
+
+SPACES = {
+    "paper": SPACE,
+    "cpu_demo": dict(SPACE, segment_length=dict(SPACE["segment_length"], choices=[16, 32, 48]),
+                     width=dict(SPACE["width"], choices=[32, 64, 128])),
+}

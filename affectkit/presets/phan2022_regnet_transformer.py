@@ -79,3 +79,19 @@ RUNS = {
         },
     ),
 }
+
+# `affectkit tune` search spaces (`affectkit.tuning.spaces`): the clip length, the heads of
+# the self-attention and of the transformer layer, the focal loss's gamma and the dropout
+# before the classifier. The demo's videos are 60 frames long: its clips are shorter.
+SPACE = {
+    "sequence_length": {"choices": [32, 64, 128], "keys": ["model.sequence_length"]},
+    "attention_heads": {"choices": [1, 2, 4], "keys": ["model.temporal.attention_heads",
+                                                       "model.temporal.transformer_heads"]},
+    "focal_gamma": {"choices": [0.0, 1.0, 2.0, 3.0], "keys": ["losses.focal_gamma"]},
+    "dropout": {"min": 0.1, "max": 0.6, "step": 0.1, "keys": ["model.heads.expr.input_dropout"]},
+}
+
+SPACES = {
+    "paper": SPACE,
+    "cpu_demo": dict(SPACE, sequence_length=dict(SPACE["sequence_length"], choices=[8, 16, 32])),
+}

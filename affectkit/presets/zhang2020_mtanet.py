@@ -55,3 +55,18 @@ RUNS = {
         },
     ),
 }
+
+# `affectkit tune` search spaces (`affectkit.tuning.spaces`), from the paper's ablation:
+# the backbone (SE-ResNet-50, ResNeXt-50, ResNeXt-50 + CBAM), the uncertainty stage on or
+# off (the plain sum of the losses against learned weights) and both learning rates.
+SPACE = {
+    "backbone": {"choices": ["senet50", "resnext50", "resnext50_cbam"],
+                 "keys": ["model.backbone.name"]},
+    "stage2": {"choices": {"on": True, "off": False}, "keys": ["stages.stage2_uncertainty"]},
+    "stage1_lr": {"min": 1e-4, "max": 1e-2, "sampling": "log",
+                  "keys": ["stages.stage1_sum.optimizer.learning_rate"]},
+    "stage2_lr": {"min": 1e-5, "max": 1e-2, "sampling": "log",
+                  "keys": ["stages.stage2_uncertainty.optimizer.learning_rate"]},
+}
+
+SPACES = {"paper": SPACE, "cpu_demo": SPACE}

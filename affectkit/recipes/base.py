@@ -89,6 +89,17 @@ class Recipe(abc.ABC):
         """Recipe-specific entries of the report (and files, e.g. attention maps)."""
         return {}
 
+    def adapt_model(self, network):
+        """Fits the network's data-dependent layers (e.g. a feature standardisation) to the
+        training data, after `datasets`; nothing by default."""
+
+    @classmethod
+    def shared_preparation(cls, config, folder):
+        """`config` with the outputs of `prepare` (e.g. feature caches) placed in `folder`,
+        under names that say what they hold, so that runs of one search that would
+        prepare the same thing share it; unchanged by default (nothing to share)."""
+        return config
+
     def training_model(self, network):
         """The model the stages train and validate each epoch: `network` itself, or a
         training-time wrapper of it (e.g. one that carries a recurrent state from batch to
@@ -344,9 +355,15 @@ class Recipe(abc.ABC):
                                                         val_labels)
         return baselines
 
-    def run(self):
+    def run(self, network=None, callbacks=()):
         """Trains every stage into the run directory; returns the report (also in
-        `metrics.json`)."""
+        `metrics.json`).
+
+        Args:
+            network: the network to train (e.g. a tuner's, built by `build_model` and
+                perhaps holding an earlier trial's weights); default `build_model()`.
+            callbacks: Keras callbacks added to every stage's.
+        """
         from affectkit.evaluation import reports
 
         run_directory.write_run_config(self.out, self.name, self.preset, self.config,
@@ -359,7 +376,9 @@ class Recipe(abc.ABC):
 
         trainer = Trainer.from_config(self.out, self.schema, self.tasks, self.config["run"])
         with trainer.strategy.scope():
-            network = self.build_model()
+            if network is None:
+                network = self.build_model()
+            self.adapt_model(network)
             trained = self.training_model(network)
         for stage, settings in self.config["stages"].items():
             trainer.run_stage(
@@ -368,7 +387,7 @@ class Recipe(abc.ABC):
                 train_ds, val_ds, val_labels, epochs=settings["epochs"],
                 loss_weights=settings.get("loss_weights"),
                 uncertainty=settings.get("uncertainty", False),
-                extra_callbacks=self.stage_callbacks(stage),
+                extra_callbacks=[*self.stage_callbacks(stage), *callbacks],
             )
         baselines = self.chance_baselines(train_labels, val_labels)
         trainer.finish(network, val_ds, val_labels, baselines=baselines,

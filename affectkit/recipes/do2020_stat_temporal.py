@@ -25,6 +25,7 @@ phase (b) read the cache (`tools/bench_temporal.py` measures the speed-up). Netw
 settings: `affectkit.presets.do2020_stat_temporal`.
 """
 
+import copy
 import hashlib
 import os
 from typing import NamedTuple
@@ -39,6 +40,7 @@ from affectkit.features.cache import FeatureCache
 from affectkit.features.extraction import extract_features
 from affectkit.models.backbones.resnet_vggface2 import do2020_face_model
 from affectkit.recipes.base import Recipe
+from affectkit.training import run_directory
 from affectkit.training.optimizers import build_optimizer
 from affectkit.training.trainer import Trainer
 
@@ -220,8 +222,8 @@ class StatTemporalRecipe(Recipe):
             "cache": self.cache.path,
         }
 
-    def run(self):
-        report = super().run()
+    def run(self, network=None, callbacks=()):
+        report = super().run(network, callbacks)
         face = report["face_model_softmax"]["expr"]
         print(f"\nTable I model {self.variant.number} ({self.variant.title}, s = "
               f"{report['window']}); the face model's softmax alone (phase a): EXPR score "
@@ -231,11 +233,28 @@ class StatTemporalRecipe(Recipe):
     # ------------------------------------------------------------------ phase (a)
 
     def prepare(self):
-        """Phase (a): the face model (loaded or trained) and its feature cache."""
-        face = self.face_model()
-        self.cache = self.extract_cache(face)
+        """Phase (a): the face model (loaded or trained) and its feature cache, built by
+        one process at a time (runs may share a face directory)."""
+        with run_directory.exclusive(self.face_paths()[0]):
+            face = self.face_model()
+            self.cache = self.extract_cache(face)
         # The temporal model starts from the same seed whether phase (a) ran now or not.
         keras.utils.set_random_seed(self.config["seed"])
+
+    @classmethod
+    def shared_preparation(cls, config, folder):
+        """Phase (a) in `folder/face_<digest>`, named by what decides it (the `face`
+        settings, seed, edition and annotations), unless the config names its own face
+        directory, model file or cache."""
+        face = config["face"]
+        if face.get("dir") or face.get("model_file") or face.get("cache"):
+            return config
+        decided_by = {"face": face, "seed": config["seed"], "edition": config["edition"],
+                      "annotations": config["data"].get("annotations")}
+        config = copy.deepcopy(config)
+        config["face"]["dir"] = os.path.join(folder,
+                                             "face_" + run_directory.config_digest(decided_by))
+        return config
 
     def face_paths(self):
         """`(face_dir, model_file, cache_dir)` of the config (defaults filled in)."""

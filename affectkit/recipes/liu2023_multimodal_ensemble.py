@@ -83,8 +83,11 @@ class MultimodalEnsembleRecipe(Recipe):
         """The feature caches (`features.caches`, or built by `build_caches`), whose
         concatenated width must be the preset's `model.feature_inputs`."""
         settings = self.config["features"]
-        paths = settings.get("caches") or self.build_caches(
-            settings.get("cache_dir") or os.path.join(self.out, "features"))
+        paths = settings.get("caches")
+        if not paths:
+            cache_dir = settings.get("cache_dir") or os.path.join(self.out, "features")
+            with run_directory.exclusive(cache_dir):  # runs may share the folder
+                paths = self.build_caches(cache_dir)
         self.feature_caches = [FeatureCache(path) for path in paths]
         name, shape, _ = self.segment_input()
         width = sum(sum(cache.dims.values()) for cache in self.feature_caches)
@@ -96,6 +99,19 @@ class MultimodalEnsembleRecipe(Recipe):
                 f"model.feature_inputs.{name} is {shape}: expected caches of that width, or "
                 f"--set 'model.feature_inputs={{\"{name}\": [null, {width}]}}'.")
         keras.utils.set_random_seed(self.config["seed"])  # the same model, caches built or not
+
+    @classmethod
+    def shared_preparation(cls, config, folder):
+        """The caches built in `folder/features_<digest>`, named by what decides them (the
+        `features` settings and the seed, which draws a random visual extractor), unless
+        the config gives its caches or cache folder."""
+        features = config["features"]
+        if features.get("caches") or features.get("cache_dir"):
+            return config
+        digest = run_directory.config_digest({"features": features, "seed": config["seed"]})
+        config = copy.deepcopy(config)
+        config["features"]["cache_dir"] = os.path.join(folder, f"features_{digest}")
+        return config
 
     def build_caches(self, cache_dir):
         """Builds (or finishes) the caches of `config["features"]` for every video of the
@@ -124,11 +140,14 @@ class MultimodalEnsembleRecipe(Recipe):
 
     # ------------------------------------------------------------------ folds
 
-    def run(self):
+    def run(self, network=None, callbacks=()):
         """One fold (`config["fold"]`), or with `"all"` every fold into `out/fold_k` and
         their summary, `out/cross_validation.json` (returned)."""
         if self.config["fold"] != "all":
-            return super().run()
+            return super().run(network, callbacks)
+        if network is not None:
+            raise ValueError("fold 'all' trains five networks; a given network trains one "
+                             "fold: expected fold 1..5.")
         run_directory.write_run_config(self.out, self.name, self.preset, self.config,
                                        self.data, self.schema)
         keras.utils.set_random_seed(self.config["seed"])
@@ -173,17 +192,15 @@ class MultimodalEnsembleRecipe(Recipe):
     def train_labels(self, train_index):
         return label_arrays(train_index, self.tasks, missing_images="fill", view=VIEW)
 
-    def build_model(self):
-        """The preset's network, its standardisation adapted to the training features."""
-        model = super().build_model()
+    def adapt_model(self, network):
+        """The standardisation adapted to the training features (of `datasets`)."""
         if self.model_config.get("normalization") == "standardize":
             if self.train_features is None:
-                raise RuntimeError(f"{self.name}: build_model adapts the standardisation to "
+                raise RuntimeError(f"{self.name}: adapt_model adapts the standardisation to "
                                    "the training features of datasets(); expected a "
                                    "datasets() call first (as Recipe.run makes it).")
             matrix, self.train_features = self.train_features, None  # the dataset holds a copy
-            model.get_layer("feature_normalization").adapt(matrix[:, None, :])
-        return model
+            network.get_layer("feature_normalization").adapt(matrix[:, None, :])
 
     def training_model(self, network):
         return SegmentStream(network, self.config["data"]["batch_size"],

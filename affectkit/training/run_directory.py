@@ -7,12 +7,18 @@
 `affectkit train RECIPE --config RUN_DIR/config.json` trains the same configuration again.
 """
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import sys
 from importlib import metadata
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory file locks
+    fcntl = None
 
 from affectkit.data import affwild2
 
@@ -72,12 +78,43 @@ def write_run_config(run_dir, recipe, preset, config, data, schema):
         "annotations_sha1": None if data is None else annotation_fingerprint(data, schema),
     }
     os.makedirs(run_dir, exist_ok=True)
-    path = os.path.join(run_dir, CONFIG_FILE)
-    partial = path + ".partial"
-    with open(partial, "w") as f:
-        json.dump(record, f, indent=2, default=_plain)
-    os.replace(partial, path)
+    write_json(os.path.join(run_dir, CONFIG_FILE), record)
     return record
+
+
+def write_atomic(path, write):
+    """Calls `write(partial)` for a file beside `path` of the same extension (`.keras`,
+    `.weights.h5`, `.png`, ...), then renames it to `path`: a reader never sees half a
+    file, and a kill midway leaves the previous one whole."""
+    root, extension = os.path.splitext(path)
+    if extension == ".h5" and root.endswith(".weights"):
+        root, extension = root[: -len(".weights")], ".weights.h5"
+    partial = f"{root}.partial{extension}"
+    try:
+        write(partial)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+def write_json(path, value):
+    """`value` as indented JSON in `path`, written whole (`write_atomic`)."""
+    def dump(partial):
+        with open(partial, "w") as f:
+            json.dump(value, f, indent=2, default=_plain)
+            f.write("\n")
+
+    write_atomic(path, dump)
+
+
+def write_text(path, text):
+    """`text` in `path`, written whole (`write_atomic`)."""
+    def dump(partial):
+        with open(partial, "w") as f:
+            f.write(text)
+
+    write_atomic(path, dump)
 
 
 def read_run_config(path):
@@ -103,3 +140,28 @@ def _plain(value):
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"config value {value!r} of type {type(value).__name__} is not JSON.")
+
+
+def config_digest(value, length=10):
+    """A short SHA-1 of a JSON-able value (keys sorted): names a folder by the settings
+    that decide its contents."""
+    text = json.dumps(value, sort_keys=True, default=_plain)
+    return hashlib.sha1(text.encode()).hexdigest()[:length]
+
+
+@contextlib.contextmanager
+def exclusive(folder):
+    """Holds an exclusive lock on `folder` (the file `folder.lock` beside it) for the
+    `with` block, so that processes sharing the folder (the trials of a search, say) build
+    its contents one at a time; the next one then finds them done. Advisory, per machine
+    (POSIX `flock`); a no-op where the platform has none."""
+    folder = os.path.abspath(folder)
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    with open(folder + ".lock", "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)

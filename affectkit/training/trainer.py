@@ -15,6 +15,7 @@ stage in progress restarts from its last backup (`keras.callbacks.BackupAndResto
 
 import json
 import os
+import sys
 
 import keras
 import numpy as np
@@ -22,6 +23,7 @@ import tensorflow as tf
 
 from affectkit import metrics
 from affectkit.labels import get_schema
+from affectkit.training import run_directory
 from affectkit.training.multitask_model import MultiTaskModel
 
 
@@ -82,7 +84,7 @@ class ABAWValidation(keras.callbacks.Callback):
             logs.update({f"val_{name}": value for name, value in scores.items()})
         if scores["score"] > self.best:
             self.best = scores["score"]
-            self.network.save(self.best_path)
+            run_directory.write_atomic(self.best_path, self.network.save)
             with open(self.state_path, "w") as f:
                 json.dump({"best_score": self.best, "epoch": epoch}, f)
 
@@ -210,18 +212,21 @@ class Trainer:
             keras.callbacks.TerminateOnNaN(),
             _StageCSVLogger(stage, os.path.join(self.run_dir, "history.csv")),
             # After the CSV logger, so a backup never claims an epoch the history lacks.
-            _Backup(backup_dir, save_freq=self.backup_every, delete_checkpoint=False),
+            # Two backups: a kill while one is written leaves the other to resume from.
+            _Backup(backup_dir, save_freq=self.backup_every, delete_checkpoint=False,
+                    double_checkpoint=True),
         ]
         history = model.fit(
             train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, callbacks=callbacks,
             shuffle=False,  # the dataset shuffles itself, seeded
-            verbose=2 if os.environ.get("CI") else "auto",
+            # A progress bar on a terminal; one line per epoch in CI and in log files.
+            verbose="auto" if sys.stdout.isatty() and not os.environ.get("CI") else 2,
         )
         if model.stop_training and any(
             np.isnan(v) for v in history.history.get("loss", [])
         ):
             raise FloatingPointError(f"[{stage}] loss became NaN; stopped ({self.run_dir}).")
-        network.save_weights(done_path)
+        run_directory.write_atomic(done_path, network.save_weights)
         weights = {t: float(w) for t, w in model.task_weights().items()}
         with open(os.path.join(self.state_dir, f"{stage}.json"), "w") as f:
             json.dump({"task_weights": weights}, f, indent=2)
@@ -238,7 +243,7 @@ class Trainer:
         y_pred = predict_arrays(best, val_ds, self.tasks)
         scores = validation_scores(self.schema, self.tasks, val_labels, y_pred)
         model_path = os.path.join(self.run_dir, "model.keras")
-        best.save(model_path)
+        run_directory.write_atomic(model_path, best.save)
         report = {"edition": self.schema.edition, "tasks": list(self.tasks),
                   "validation": scores}
         if baselines is not None:
