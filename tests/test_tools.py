@@ -49,3 +49,10 @@ def test_bench_models_runs_the_other_paper_presets():
     assert "34x34, batch 2 images" in table
     assert "features 2048 + 16x7, batch 2 windows" in table
     assert "features 128x3670, batch 1 segments" in table
+
+
+def test_bench_tuning_prints_the_overhead():
+    # Exit status 1 says the overhead target was missed, which a tiny run may well do.
+    out = run_tool("bench_tuning.py", "--epochs", "1", "--rounds", "1", "--set",
+                   "model.image_size=32", "--set", "model.neck.width=16", exit_codes=(0, 1))
+    assert "ratio tune/train" in out and "tuner overhead" in out

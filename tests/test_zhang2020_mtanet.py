@@ -73,8 +73,9 @@ def test_recipe_end_to_end(demo_root, tmp_path):
     assert label_schema(model).edition == "abaw3" and model.view == "aligned"
 
 
-def test_killed_run_resumes_when_rerun(demo_root, tmp_path):
-    """Kills training mid-epoch, reruns the same command, and checks it resumed."""
+def kill_mid_epoch(demo_root, tmp_path):
+    """Starts a tiny run and kills it in the middle of its second epoch or later; returns
+    `(out, script, env, killed_at)` (the backup's training metadata when killed)."""
     out = str(tmp_path / "run")
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(f"""
@@ -104,6 +105,12 @@ def test_killed_run_resumes_when_rerun(demo_root, tmp_path):
         time.sleep(0.05)
     first.wait()
     assert killed_at is not None, "training ended before it could be killed mid-epoch"
+    return out, script, env, killed_at
+
+
+def test_killed_run_resumes_when_rerun(demo_root, tmp_path):
+    """Kills training mid-epoch, reruns the same command, and checks it resumed."""
+    out, script, env, killed_at = kill_mid_epoch(demo_root, tmp_path)
     rows_before = len(pd.read_csv(os.path.join(out, "history.csv")))
 
     second = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
@@ -114,6 +121,22 @@ def test_killed_run_resumes_when_rerun(demo_root, tmp_path):
     stage1 = history[history["stage"] == "stage1_sum"]
     assert sorted(stage1["epoch"]) == [0, 1, 2, 3]  # no epoch of stage 1 ran twice
     assert rows_before >= 1
+
+
+def test_backup_torn_by_a_kill_resumes_from_the_one_before(demo_root, tmp_path):
+    """A kill while the backup is written leaves it unreadable; the previous backup, kept
+    beside it, resumes the run."""
+    out, script, env, _ = kill_mid_epoch(demo_root, tmp_path)
+    latest = os.path.join(out, "state", "stage1_sum_backup", "latest.weights.h5")
+    assert os.path.isfile(latest + ".bkp")
+    with open(latest, "r+b") as f:
+        f.truncate(os.path.getsize(latest) // 2)
+    second = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                            text=True)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    history = pd.read_csv(os.path.join(out, "history.csv"))
+    assert set(history[history["stage"] == "stage1_sum"]["epoch"]) == {0, 1, 2, 3}
+    assert os.path.isfile(os.path.join(out, "model.keras"))
 
 
 @pytest.mark.slow
