@@ -10,7 +10,6 @@ import logging
 import os
 import time
 
-import keras
 import keras_tuner as kt
 import numpy as np
 from keras_tuner.src.engine import tuner_utils
@@ -110,7 +109,7 @@ class RecipeHyperModel(kt.HyperModel):
     `build(hp)` returns the recipe's `AffectModel`; `fit(hp, model, epochs=None,
     initial_epoch=0, callbacks=None)` trains it with the recipe's stages (an epoch budget
     stretches them, `budget_stages`) and returns `{"val_score": ..., "val_<component>":
-    ..., "seconds": the recipe run's}`. Under a KerasTuner tuner the run directory is the tuner's trial
+    ..., "seconds": the network's build and the recipe run}`. Under a KerasTuner tuner the run directory is the tuner's trial
     folder, and the best network's weights go where the tuner keeps its checkpoint, so
     `tuner.get_best_models()` and Hyperband's continued trials work.
 
@@ -136,6 +135,7 @@ class RecipeHyperModel(kt.HyperModel):
                                         if space is None else space)
         spaces.check_keys(self.full_config, self.space)
         self.trial_log = trial_log
+        self._build_seconds = 0.0  # of the last `build`, counted in its trial's `seconds`
         schema = get_schema(self.full_config["edition"])
         self.tasks = self.recipe_class(self.full_config, data, directory, preset).tasks
         self.components = component_names(schema, self.tasks)
@@ -168,8 +168,11 @@ class RecipeHyperModel(kt.HyperModel):
     # ------------------------------------------------------------------ KerasTuner
 
     def build(self, hp):
+        started = time.perf_counter()
         self.declare_hyperparameters(hp)
-        return self.build_recipe(hp, self.directory).build_model()
+        model = self.build_recipe(hp, self.directory).build_model()
+        self._build_seconds = time.perf_counter() - started
+        return model
 
     def fit(self, hp, model, *args, epochs=None, initial_epoch=0, callbacks=None, **kwargs):
         callbacks = list(callbacks or [])
@@ -188,12 +191,14 @@ class RecipeHyperModel(kt.HyperModel):
             started = time.perf_counter()
             report = recipe.run(network=model, callbacks=callbacks)
             seconds = time.perf_counter() - started
-        best_path = os.path.join(run_dir, "model.keras")
-        for checkpoint in checkpoints:
-            keras.saving.load_model(best_path).save_weights(checkpoint.filepath)
+        if checkpoints:  # the best epoch's weights (model.keras), where the tuner keeps them
+            model.load_weights(os.path.join(run_dir, "model.keras"))
+            for checkpoint in checkpoints:
+                model.save_weights(checkpoint.filepath)
         results = {f"val_{name}": float(value) for name, value in report["validation"].items()
                    if np.ndim(value) == 0}
-        results["seconds"] = seconds  # the recipe run alone
+        # What `affectkit train` does: build the network and run the recipe.
+        results["seconds"] = self._build_seconds + seconds
         return results
 
 
