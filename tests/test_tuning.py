@@ -331,3 +331,47 @@ def test_set_key_indexes_lists_and_names_the_bad_index():
     with pytest.raises(ValueError, match="a list of 2; expected an index 0..1, got '2'"):
         presets.resolve("do2020_stat_temporal", "cpu_demo",
                         ["model.feature_inputs.probabilities.2=1"])
+
+
+@pytest.mark.slow
+def test_killed_search_resumes_its_trial_and_keeps_the_finished_one(demo_root, tmp_path):
+    """Kills `affectkit tune` in the middle of its second trial and runs the same command
+    again: the first trial is kept as it was, the second resumes from its backup."""
+    import signal
+    import time
+
+    out = str(tmp_path / "search")
+    args = ["tune", "zhang2020_mtanet", "--data", demo_root, "--preset", "cpu_demo",
+            "--epochs", "3", "--max-trials", "2", "--out", out, "--set", "run.backup_every=2"]
+    for item in ZHANG:
+        args += ["--set", item]
+    command = [sys.executable, "-m", "affectkit.cli", *args]
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT, CI="1")
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, start_new_session=True)
+    metadata = os.path.join(out, "trials", "trial_1", "state", "stage1_sum_backup",
+                            "training_metadata.json")
+    deadline, killed = time.time() + 600, False
+    while time.time() < deadline and first.poll() is None:
+        try:
+            state = json.load(open(metadata))
+        except (OSError, ValueError):
+            state = None
+        if state and state["epoch"] >= 1 and state["batch"] > 0:
+            os.killpg(first.pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.05)
+    first.wait()
+    assert killed, "the search ended before its second trial could be killed"
+    kept = os.path.getmtime(os.path.join(out, "trials", "trial_0", "model.keras"))
+
+    second = affectkit(*args)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    results = pd.read_csv(os.path.join(out, "results.csv"))
+    assert list(results["status"]) == ["COMPLETED", "COMPLETED"]
+    assert os.path.getmtime(os.path.join(out, "trials", "trial_0", "model.keras")) == kept
+    log = open(os.path.join(out, "trials", "trial_1", "log.txt")).read()
+    assert "[stage1_sum] resuming from its backup" in log
+    history = pd.read_csv(os.path.join(out, "trials", "trial_1", "history.csv"))
+    assert sorted(history[history["stage"] == "stage1_sum"]["epoch"]) == [0, 1, 2]
