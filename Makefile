@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO := demo
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-slow test-weights bench clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,12 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -m slow -q
+
+# Weight conversion checked against torchvision itself: needs the bench extra (torch,
+# torchvision, timm; several GB), which CI does not install (those tests skip there).
+test-weights: setup
+	$(PY) -m pip install -q -e .[bench]
+	$(PY) -m pytest -q tests/test_weight_conversion.py
 
 clean:
 	rm -rf $(DEMO)

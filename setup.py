@@ -16,6 +16,8 @@ setup(
         "grpcio>=1.60,<2",
         # `affectkit tune --space FILE.yaml`
         "pyyaml>=6,<7",
+        # `affectkit convert-weights` reads .safetensors checkpoints as NumPy (no torch).
+        "safetensors>=0.4,<1",
         "numpy>=1.26,<3",
         "pandas>=2.2,<4",
         "opencv-python-headless>=4.9,<6",

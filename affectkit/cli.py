@@ -312,6 +312,30 @@ def _tune(args):
                objective=args.objective, seed=args.seed, verbose=args.verbose)
 
 
+def _convert_weights_arguments(parser):
+    from affectkit.models.backbones.conversion import SOURCES
+
+    parser.add_argument("--source", required=True, choices=SOURCES,
+                        help="the framework the checkpoint comes from")
+    parser.add_argument("--backbone", required=True,
+                        help="the affectkit backbone to fill (resnet50, resnext50, "
+                             "regnety_1.6gf, inception_v3, ...)")
+    parser.add_argument("--in", dest="checkpoint", required=True,
+                        help="the checkpoint: .pth or .safetensors (torchvision), "
+                             "keras.applications .h5 / .weights.h5 (keras)")
+    parser.add_argument("--out", required=True, help="the .weights.h5 file to write (and a "
+                                                     ".json beside it)")
+
+
+def _convert_weights(args):
+    from affectkit.models.backbones.conversion import convert_weights
+
+    record = convert_weights(args.source, args.backbone, args.checkpoint, args.out)
+    print(f"{args.checkpoint} ({args.source}) -> {args.out}: backbone {record['backbone']}, "
+          f"input normalisation {record['normalization']!r} (recorded in "
+          f"{args.out[: -len('.weights.h5')]}.json)")
+
+
 def _ensemble_arguments(parser):
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
                         help="finished run directories (or folders of fold_k runs)")
@@ -362,6 +386,9 @@ COMMANDS = (
             lambda parser: None, _recipes),
     Command("train", "train a recipe into a run directory (resumes when rerun)",
             _train_arguments, _train, uses_tensorflow=True),
+    Command("convert-weights", "map a torchvision or keras.applications checkpoint onto an "
+            "affectkit backbone (.weights.h5)", _convert_weights_arguments, _convert_weights,
+            uses_tensorflow=True),
     Command("tune", "search a recipe's hyperparameters with KerasTuner (resumes when rerun; "
             "chief/worker through KERASTUNER_* variables)", _tune_arguments, _tune,
             uses_tensorflow=True),

@@ -1,0 +1,180 @@
+"""`convert-weights`: checkpoints of torchvision and keras.applications onto affectkit
+backbones, checked against the source network itself (same already-normalised input, the
+same feature map, BatchNorm in inference mode with non-trivial statistics).
+
+The torchvision tests need torch and torchvision (`pip install -e .[bench]`, not in CI's
+install); they skip with that reason where those are absent.
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from affectkit.models.backbones import build_backbone
+from affectkit.models.backbones.conversion import ConversionError, convert_weights
+from tests.keras_checks import REPO_ROOT
+
+TOLERANCE = 1e-4  # relative max difference
+
+
+def relative_difference(out, ref):
+    return float(np.abs(out - ref).max() / np.abs(ref).max())
+
+
+def images(shape, seed=0):
+    return np.random.default_rng(seed).normal(size=(2, *shape)).astype("float32")
+
+
+# ----------------------------------------------------------------------- torchvision
+
+
+# torch and TensorFlow do not load into one process here (importing torchvision after
+# TensorFlow crashes), so the source network runs in its own process: it writes the
+# checkpoint (.pth and .safetensors) and its feature map of the test input.
+TORCH_SOURCE = """
+import sys
+import numpy as np, torch, torchvision
+from safetensors.torch import save_file
+name, folder = sys.argv[1], sys.argv[2]
+torch.manual_seed(0)
+net = getattr(torchvision.models, name)(weights=None)
+generator = torch.Generator().manual_seed(0)
+for module in net.modules():  # non-trivial BatchNorm statistics and affine weights
+    if isinstance(module, torch.nn.BatchNorm2d):
+        n = module.num_features
+        module.running_mean.copy_(torch.randn(n, generator=generator) * 0.2)
+        module.running_var.copy_(torch.rand(n, generator=generator) * 0.8 + 0.4)
+        module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+        module.bias.data.copy_(torch.randn(n, generator=generator) * 0.2)
+net.eval()
+torch.save(net.state_dict(), folder + "/source.pth")
+save_file({k: v.contiguous() for k, v in net.state_dict().items()}, folder + "/source.safetensors")
+features = (torch.nn.Sequential(net.stem, net.trunk_output) if hasattr(net, "trunk_output")
+            else torch.nn.Sequential(*list(net.children())[:-2]))
+x = np.load(folder + "/input.npy")
+with torch.no_grad():
+    out = features(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
+np.save(folder + "/reference.npy", out)
+"""
+
+
+def torch_source(name, folder, x):
+    import subprocess
+    import sys
+
+    probe = subprocess.run([sys.executable, "-c", "import torch, torchvision, safetensors"],
+                           capture_output=True)
+    if probe.returncode:
+        pytest.skip("needs torch, torchvision and safetensors (pip install -e .[bench])")
+    np.save(os.path.join(folder, "input.npy"), x)
+    result = subprocess.run([sys.executable, "-c", TORCH_SOURCE, name, folder],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return np.load(os.path.join(folder, "reference.npy"))
+
+
+@pytest.mark.parametrize("torchvision_name, backbone", [
+    ("resnet50", "resnet50"), ("resnext50_32x4d", "resnext50"),
+    ("regnet_y_1_6gf", "regnety_1.6gf")])
+def test_torchvision_backbones_give_the_source_feature_map(torchvision_name, backbone,
+                                                           tmp_path):
+    x = images((64, 64, 3))
+    ref = torch_source(torchvision_name, str(tmp_path), x)
+    out = str(tmp_path / "converted.weights.h5")
+    record = convert_weights("torchvision", backbone, str(tmp_path / "source.pth"), out,
+                             input_shape=(64, 64, 3))
+    assert record["normalization"] == "imagenet" and record["backbone"]["name"] == backbone
+    assert json.load(open(out[: -len(".weights.h5")] + ".json")) == record
+    model = build_backbone(backbone, (64, 64, 3), weights=out)
+    assert relative_difference(model.predict(x, verbose=0), ref) <= TOLERANCE
+
+    # The same tensors as .safetensors (read as NumPy, no torch needed) convert the same.
+    again = str(tmp_path / "again.weights.h5")
+    convert_weights("torchvision", backbone, str(tmp_path / "source.safetensors"), again,
+                    input_shape=(64, 64, 3))
+    model.load_weights(again)
+    assert relative_difference(model.predict(x, verbose=0), ref) <= TOLERANCE
+
+
+# ----------------------------------------------------------------------- keras.applications
+
+
+def keras_randomize(model, seed=0):
+    """Non-trivial BatchNorm statistics and convolution biases."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            values = []
+            for weight in layer.weights:
+                size = weight.shape
+                values.append(rng.uniform(0.4, 1.2, size) if "variance" in weight.name
+                              else rng.uniform(0.5, 1.5, size) if "gamma" in weight.name
+                              else rng.normal(0, 0.2, size))
+            layer.set_weights(values)
+        elif isinstance(layer, keras.layers.Conv2D) and layer.use_bias:
+            kernel, bias = layer.get_weights()
+            layer.set_weights([kernel, rng.normal(0, 0.2, bias.shape)])
+    return model
+
+
+@pytest.mark.parametrize("backbone, application, shape, cut", [
+    ("inception_v3", "InceptionV3", (139, 139, 3), "mixed7"),
+    ("resnet50", "ResNet50", (64, 64, 3), "conv5_block3_out")])
+def test_keras_applications_give_the_source_feature_map(backbone, application, shape, cut,
+                                                        tmp_path):
+    source = keras_randomize(getattr(keras.applications, application)(
+        weights=None, include_top=False, input_shape=shape))
+    path = str(tmp_path / "source.weights.h5")
+    source.save_weights(path)
+    out = str(tmp_path / "converted.weights.h5")
+    record = convert_weights("keras", backbone, path, out, input_shape=shape)
+    x = images(shape)
+    ref = keras.Model(source.input, source.get_layer(cut).output).predict(x, verbose=0)
+    model = build_backbone(backbone, shape, weights=out,
+                           **{k: v for k, v in record["backbone"].items() if k != "name"})
+    assert relative_difference(model.predict(x, verbose=0), ref) <= TOLERANCE
+    if backbone == "resnet50":  # keras.applications' ResNet50: Caffe layout, caffe input
+        assert record["backbone"]["stride_in_1x1"] is True
+        assert record["normalization"] == "caffe"
+
+
+# ----------------------------------------------------------------------- wrong checkpoints
+
+
+def test_a_wrong_checkpoint_lists_missing_unexpected_and_misshaped_tensors(tmp_path):
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(0)
+    tensors = {"conv1.weight": rng.normal(size=(64, 3, 7, 7)).astype("float32"),
+               "bn1.weight": np.ones(32, "float32"), "bn1.bias": np.zeros(32, "float32"),
+               "bn1.running_mean": np.zeros(32, "float32"),
+               "bn1.running_var": np.ones(32, "float32"),
+               "somewhere.else.weight": np.ones(3, "float32")}
+    path = str(tmp_path / "wrong.safetensors")
+    save_file(tensors, path)
+    with pytest.raises(ConversionError) as error:
+        convert_weights("torchvision", "resnet50", path, str(tmp_path / "x.weights.h5"),
+                        input_shape=(64, 64, 3))
+    message = str(error.value)
+    assert path in message
+    assert "missing (" in message and "layer1.0.conv1" in message
+    assert "wrongly shaped (1): stem_bn" in message
+    assert "unexpected (1): somewhere.else.weight" in message
+    assert not os.path.exists(tmp_path / "x.weights.h5")
+
+
+def test_convert_weights_command_names_the_bad_file(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "not_a_checkpoint.h5"
+    bad.write_text("hello")
+    result = subprocess.run(
+        [sys.executable, "-m", "affectkit.cli", "convert-weights", "--source", "keras",
+         "--backbone", "inception_v3", "--in", str(bad), "--out", str(tmp_path / "o.weights.h5")],
+        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert str(bad) in result.stderr
