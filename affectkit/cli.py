@@ -321,7 +321,7 @@ def _convert_weights_arguments(parser):
                         help="the affectkit backbone to fill (resnet50, resnext50, "
                              "regnety_1.6gf, inception_v3, ...)")
     parser.add_argument("--in", dest="checkpoint", required=True,
-                        help="the checkpoint: .pth or .safetensors (torchvision), "
+                        help="the checkpoint: .pth or .safetensors (torchvision, timm), "
                              "keras.applications .h5 / .weights.h5 (keras)")
     parser.add_argument("--out", required=True, help="the .weights.h5 file to write (and a "
                                                      ".json beside it)")
@@ -386,7 +386,7 @@ COMMANDS = (
             lambda parser: None, _recipes),
     Command("train", "train a recipe into a run directory (resumes when rerun)",
             _train_arguments, _train, uses_tensorflow=True),
-    Command("convert-weights", "map a torchvision or keras.applications checkpoint onto an "
+    Command("convert-weights", "map a torchvision, timm or keras.applications checkpoint onto an "
             "affectkit backbone (.weights.h5)", _convert_weights_arguments, _convert_weights,
             uses_tensorflow=True),
     Command("tune", "search a recipe's hyperparameters with KerasTuner (resumes when rerun; "

@@ -10,6 +10,8 @@ Sources (`SOURCES`) and the backbones they fill:
 
     torchvision  resnet50, resnext50 (torchvision `resnext50_32x4d`), regnety_1.6gf (and
                  every other regnety_* preset): torchvision state dicts, stride on the 3x3
+    timm         senet50 from timm's `legacy_seresnet50` (the Caffe SE-ResNet-50: stride on
+                 the first 1x1, ceil-mode stem pooling)
     keras        inception_v3 (`keras.applications.InceptionV3`, cut at the preset's block)
                  and resnet50 (`keras.applications.ResNet50`: stride on the first 1x1, conv
                  biases folded into the BatchNorm that follows)
@@ -25,9 +27,10 @@ import re
 
 import numpy as np
 
-SOURCES = ("torchvision", "keras")
+SOURCES = ("torchvision", "timm", "keras")
 # What each source's weights expect as input: `affectkit.models.backbones.normalization`.
-NORMALIZATIONS = {"torchvision": "imagenet", "keras/inception_v3": "inception",
+NORMALIZATIONS = {"torchvision": "imagenet", "timm": "imagenet",
+                  "keras/inception_v3": "inception",
                   "keras/resnet50": "caffe"}
 CLASSIFIERS = ("fc.", "classifier.", "predictions/", "head.fc.", "last_linear.")
 
@@ -103,6 +106,25 @@ def _has_classifier(path):
 
 
 # ------------------------------------------------------------------------ name mappings
+
+
+def timm_name(family, layer_name):
+    """The timm module of an affectkit backbone layer (None: no counterpart); timm's
+    `legacy_seresnet50` is the Caffe SE-ResNet-50 (`senet50` with the stride on the first
+    1x1 and a ceil-mode stem pooling)."""
+    if family != "senet50":
+        raise ValueError(f"--source timm fills senet50 (timm legacy_seresnet50); got "
+                         f"--backbone {family!r}.")
+    if layer_name in ("stem_conv", "stem_bn"):
+        return {"stem_conv": "layer0.conv1", "stem_bn": "layer0.bn1"}[layer_name]
+    match = re.fullmatch(r"stage(\d)_block(\d+)_se_(reduce|expand)", layer_name)
+    if match:
+        stage, block, part = match.groups()
+        return (f"layer{int(stage) - 1}.{int(block) - 1}.se_module."
+                + {"reduce": "fc1", "expand": "fc2"}[part])
+    if layer_name == "predictions":
+        return "last_linear"
+    return torchvision_name("resnet50", layer_name)
 
 
 def torchvision_name(family, layer_name):
@@ -195,6 +217,8 @@ def backbone_for(source, backbone, input_shape, **hyperparameters):
     extra = {}
     if source == "keras" and backbone == "resnet50":
         extra = {"stride_in_1x1": True}
+    if source == "timm":
+        extra = {"stride_in_1x1": True, "stem_pool": "ceil"}
     return build_backbone(backbone, input_shape=input_shape, **extra, **hyperparameters), extra
 
 
@@ -224,13 +248,17 @@ def convert_weights(source, backbone, path, out, input_shape=(224, 224, 3), **hy
     if not str(out).endswith(".weights.h5"):
         raise ValueError(f"--out {out!r}: expected a .weights.h5 file name.")
     model, extra = backbone_for(source, backbone, input_shape, **hyperparameters)
-    if source == "torchvision":
+    if source in ("torchvision", "timm"):
         tensors = {k: v for k, v in read_torch_state_dict(path).items()
                    if not k.endswith("num_batches_tracked")}
-        pairs = _pairs(model, tensors, lambda layer: _torch_layer_arrays(
-            layer, tensors, torchvision_name(_family(backbone), layer.name))
-            if torchvision_name(_family(backbone), layer.name) else (None, []))
-        normalization = NORMALIZATIONS["torchvision"]
+        module_name = torchvision_name if source == "torchvision" else timm_name
+
+        def arrays_of(layer):
+            prefix = module_name(_family(backbone), layer.name)
+            return _torch_layer_arrays(layer, tensors, prefix) if prefix else (None, [])
+
+        pairs = _pairs(model, tensors, arrays_of)
+        normalization = NORMALIZATIONS[source]
     else:
         source_model, tensors = read_keras_application(path, backbone, input_shape)
         if backbone == "inception_v3":

@@ -171,6 +171,7 @@ def bottleneck_resnet(
     se_ratio=16,
     spatial_kernel_size=7,
     stride_in_1x1=False,
+    stem_pool="torch",
     include_top=False,
     num_classes=1000,
     pooling=None,
@@ -203,6 +204,10 @@ def bottleneck_resnet(
         spatial_kernel_size: kernel size of CBAM's spatial attention convolution (7).
         stride_in_1x1: put the stride on the first 1x1 convolution (Caffe / original SENet
             and VGGFace2 SENet-50 layout) instead of the 3x3 (torchvision layout, default).
+        stem_pool: the stem's 3x3/2 max pooling: `"torch"` (padding 1, torchvision) or
+            `"ceil"` (no padding, the last window cut by the border: PyTorch's
+            `ceil_mode=True` of the Caffe SENet and timm's `legacy_seresnet50`; for stem
+            maps of even side, e.g. 224 or 112 input).
         include_top: add global average pooling and a `num_classes` Dense classifier.
         num_classes: classifier size when `include_top` (1000 for ImageNet, 8631 for the
             VGGFace2 SENet-50).
@@ -234,8 +239,15 @@ def bottleneck_resnet(
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = conv_bn(inputs, stem_width, 7, strides=2, name="stem_conv", bn_name="stem_bn",
                 relu_name="stem_relu", pad_name="stem_pad")
-    x = keras.layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
-    x = keras.layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
+    if stem_pool == "torch":
+        x = keras.layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
+        x = keras.layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
+    elif stem_pool == "ceil":
+        # No padding, the last window cut by the border (PyTorch's ceil_mode=True): for an
+        # even side, TensorFlow's "same" rule pads exactly that one pixel at the end.
+        x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    else:
+        raise ValueError(f"stem_pool {stem_pool!r}: expected 'torch' or 'ceil'.")
     for stage, (depth, width, bottleneck_width) in enumerate(
         zip(depths, widths, bottleneck_widths), start=2
     ):
