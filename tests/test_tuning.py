@@ -210,7 +210,8 @@ def test_random_search_writes_results_and_resumes_without_redoing(demo_root, tmp
 
     # best_config.json: the best values at the preset's full length, trainable as a config.
     record = json.load(open(os.path.join(out, "best_config.json")))
-    assert record["recipe"] == "zhang2020_mtanet" and record["search"]["trial"] == str(best["trial"])
+    assert record["recipe"] == "zhang2020_mtanet"
+    assert record["search"]["trial"] == str(best["trial"])
     config = record["config"]
     assert config["model"]["backbone"]["name"] == best["backbone"]
     assert config["stages"]["stage1_sum"]["epochs"] == 12

@@ -109,9 +109,10 @@ class RecipeHyperModel(kt.HyperModel):
     `build(hp)` returns the recipe's `AffectModel`; `fit(hp, model, epochs=None,
     initial_epoch=0, callbacks=None)` trains it with the recipe's stages (an epoch budget
     stretches them, `budget_stages`) and returns `{"val_score": ..., "val_<component>":
-    ..., "seconds": the network's build and the recipe run}`. Under a KerasTuner tuner the run directory is the tuner's trial
-    folder, and the best network's weights go where the tuner keeps its checkpoint, so
-    `tuner.get_best_models()` and Hyperband's continued trials work.
+    ..., "seconds": ...}` (seconds: the network's build and the recipe run). Under a
+    KerasTuner tuner the run directory is the tuner's trial folder, and the best network's
+    weights go where the tuner keeps its checkpoint, so `tuner.get_best_models()` and
+    Hyperband's continued trials work.
 
     Example:
     >>> hypermodel = RecipeHyperModel("zhang2020_mtanet", "demo/data", "search",
