@@ -150,7 +150,7 @@ def test_keras_applications_give_the_source_feature_map(backbone, application, s
     assert relative_difference(model.predict(x, verbose=0), ref) <= TOLERANCE
     if backbone == "resnet50":  # keras.applications' ResNet50: Caffe layout, caffe input
         assert record["backbone"]["stride_in_1x1"] is True
-        assert record["normalization"] == "caffe"
+        assert record["normalization"] == "imagenet_caffe"
 
 
 # ----------------------------------------------------------------------- wrong checkpoints
@@ -190,3 +190,28 @@ def test_convert_weights_command_names_the_bad_file(tmp_path):
         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO_ROOT))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert str(bad) in result.stderr
+
+
+def test_a_model_built_for_converted_weights_takes_their_layout_and_input(tmp_path):
+    """keras.applications' ResNet50 weights in a paper network: the backbone gets the
+    stride on the 1x1 and the model normalises [0, 1] RGB as keras' own `preprocess_input`
+    does (BGR, 0-255, minus the ImageNet mean), with nothing said but the weights file."""
+    from affectkit.models import AffectModel
+
+    source = keras_randomize(keras.applications.ResNet50(weights=None, include_top=False,
+                                                         input_shape=(64, 64, 3)))
+    path = str(tmp_path / "resnet50.weights.h5")
+    source.save_weights(path)
+    out = str(tmp_path / "converted.weights.h5")
+    convert_weights("keras", "resnet50", path, out, input_shape=(64, 64, 3))
+    model = AffectModel.from_preset("zhang2020_mtanet", schema="abaw3", image_size=64,
+                                    backbone={"name": "resnet50"}, weights=out)
+    assert model.backbone_config["stride_in_1x1"] is True
+    frames = np.random.default_rng(1).random((2, 64, 64, 3)).astype("float32")  # RGB [0, 1]
+    features = model.backbone(model.get_layer("normalization")(frames))
+    ref = source.predict(keras.applications.resnet50.preprocess_input(frames * 255.0),
+                         verbose=0)
+    assert relative_difference(np.asarray(features), ref) <= TOLERANCE
+
+    with pytest.raises(ValueError, match="weights of a resnet50 backbone"):
+        AffectModel.from_preset("zhang2020_mtanet", image_size=64, weights=out)

@@ -107,8 +107,8 @@ class AffectModel(keras.Model):
         view: the Aff-Wild2 view the model reads, `"aligned"` (`cropped_aligned`) or
             `"cropped"`. Recorded for prediction; it does not change the graph.
         normalization: images/clips: `"backbone"` (the normalisation the backbone preset's
-            weights expect), `"imagenet"`, `"vggface2"`, `"inception"` or None (the backbone
-            takes [0, 1]); features: None or `"standardize"` (a `Normalization` layer,
+            weights expect, or converted weights' own), `"imagenet"`, `"vggface2"`,
+            `"inception"`, `"imagenet_caffe"` or None (the backbone takes [0, 1]); features: None or `"standardize"` (a `Normalization` layer,
             `feature_normalization`, to `adapt` to the training features).
         backbone: images/clips: `{"name": PRESET, **hyperparameters}` (see
             `affectkit.models.backbones.available_backbones()`), or a `keras.Model` taking
@@ -329,6 +329,8 @@ class AffectModel(keras.Model):
             schema: ABAW edition or `LabelSchema`; default the preset's.
             weights: a local weights file for the backbone (nothing is downloaded), loaded
                 as `affectkit.models.backbones.build_backbone` loads it; None: random.
+                Weights from `affectkit convert-weights` bring their backbone layout and
+                (with `normalization="backbone"`) their input normalisation.
             **overrides: AffectModel arguments; dicts are merged into the preset's
                 (`backbone={"depths": [1, 1, 1, 1]}` keeps the preset's backbone name).
 
@@ -344,6 +346,8 @@ class AffectModel(keras.Model):
         config = presets.merge(presets.model_preset(name), overrides)
         if schema is not None:
             config["schema"] = get_schema(schema).edition
+        if weights is not None:
+            config = with_weights_layout(config, weights)
         model = cls(**config)
         if weights is not None:
             model.load_backbone_weights(weights)
@@ -360,6 +364,26 @@ class AffectModel(keras.Model):
         source = backbones.build_backbone(name, input_shape=tuple(self.backbone.input_shape[1:]),
                                           weights=path, **spec)
         self.backbone.set_weights(source.get_weights())
+
+
+def with_weights_layout(config, weights):
+    """`config` with what converted weights need (`affectkit convert-weights` records it
+    beside them): the backbone layout they fill (e.g. `stride_in_1x1`) and, where the
+    config asks for the backbone's normalisation, the input normalisation they expect."""
+    from affectkit.models.backbones.conversion import read_record
+
+    record = read_record(weights)
+    if record is None:
+        return config
+    backbone = dict(config.get("backbone") or {})
+    wanted = record["backbone"].get("name")
+    if backbone.get("name") != wanted:
+        raise ValueError(f"{weights}: weights of a {wanted} backbone; the model's backbone is "
+                         f"{backbone.get('name')!r}: expected backbone={{'name': '{wanted}'}}.")
+    config = dict(config, backbone={**backbone, **record["backbone"]})
+    if config.get("normalization", "backbone") == "backbone":
+        config["normalization"] = record["normalization"]
+    return config
 
 
 def label_schema(model):

@@ -31,8 +31,28 @@ SOURCES = ("torchvision", "timm", "keras")
 # What each source's weights expect as input: `affectkit.models.backbones.normalization`.
 NORMALIZATIONS = {"torchvision": "imagenet", "timm": "imagenet",
                   "keras/inception_v3": "inception",
-                  "keras/resnet50": "caffe"}
+                  "keras/resnet50": "imagenet_caffe"}
 CLASSIFIERS = ("fc.", "classifier.", "predictions/", "head.fc.", "last_linear.")
+
+
+def read_record(weights):
+    """The conversion record (`.json` beside a converted `.weights.h5`), or None."""
+    path = str(weights)
+    if not path.endswith(".weights.h5"):
+        return None
+    path = path[: -len(".weights.h5")] + ".json"
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        try:
+            record = json.load(f)
+        except ValueError as error:
+            raise ValueError(f"{path}: not valid JSON ({error}); expected the record "
+                             "`affectkit convert-weights` writes beside its weights.") from None
+    if not isinstance(record, dict) or "backbone" not in record:
+        raise ValueError(f"{path}: expected a conversion record with 'backbone' and "
+                         "'normalization'.")
+    return record
 
 
 class ConversionError(ValueError):

@@ -13,6 +13,9 @@ come from was trained; `normalization_layer(kind)` maps [0, 1] RGB to it:
   the VGGFace2 ResNet-50 / SENet-50 weights. `VGGFace2Preprocessing`.
 - `"inception"`: RGB in [-1, 1]: keras-applications' InceptionV3 weights. Core
   `keras.layers.Rescaling(2, offset=-1)`.
+- `"imagenet_caffe"`: BGR on 0-255 minus the ImageNet mean (B, G, R) = (103.939, 116.779,
+  123.68): keras-applications' ResNet50 weights (`preprocess_input`, "caffe" mode).
+  `VGGFace2Preprocessing` with that mean.
 - `None`: the backbone takes [0, 1] RGB as it is.
 """
 
@@ -21,9 +24,11 @@ import keras
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 VGGFACE2_MEAN_BGR = (91.4953, 103.8827, 131.0912)
-NORMALIZATIONS = ("imagenet", "vggface2", "inception", None)
+IMAGENET_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+NORMALIZATIONS = ("imagenet", "vggface2", "inception", "imagenet_caffe", None)
 DEFAULT_NAMES = {"imagenet": "imagenet_normalization", "vggface2": "vggface2_preprocessing",
-                 "inception": "inception_rescaling"}
+                 "inception": "inception_rescaling",
+                 "imagenet_caffe": "imagenet_caffe_preprocessing"}
 
 
 @keras.saving.register_keras_serializable(package="affectkit")
@@ -84,7 +89,7 @@ def normalization_layer(kind, name=None):
     """A layer mapping RGB in [0, 1] to the input range `kind` (see the module docstring).
 
     Args:
-        kind: `"imagenet"`, `"vggface2"`, `"inception"` or `None`
+        kind: `"imagenet"`, `"vggface2"`, `"inception"`, `"imagenet_caffe"` or `None`
             (`backbone_normalization(name)` gives a backbone's).
         name: layer name; default `"imagenet_normalization"`, `"vggface2_preprocessing"` or
             `"inception_rescaling"`.
@@ -112,4 +117,6 @@ def normalization_layer(kind, name=None):
         )
     if kind == "inception":
         return keras.layers.Rescaling(2.0, offset=-1.0, name=name)
+    if kind == "imagenet_caffe":
+        return VGGFace2Preprocessing(mean_bgr=IMAGENET_CAFFE_MEAN_BGR, name=name)
     return VGGFace2Preprocessing(name=name)
