@@ -108,7 +108,8 @@ class AffectModel(keras.Model):
             `"cropped"`. Recorded for prediction; it does not change the graph.
         normalization: images/clips: `"backbone"` (the normalisation the backbone preset's
             weights expect, or converted weights' own), `"imagenet"`, `"vggface2"`,
-            `"inception"`, `"imagenet_caffe"` or None (the backbone takes [0, 1]); features: None or `"standardize"` (a `Normalization` layer,
+            `"inception"`, `"imagenet_caffe"` or None (the backbone takes [0, 1]);
+            features: None or `"standardize"` (a `Normalization` layer,
             `feature_normalization`, to `adapt` to the training features).
         backbone: images/clips: `{"name": PRESET, **hyperparameters}` (see
             `affectkit.models.backbones.available_backbones()`), or a `keras.Model` taking
