@@ -247,3 +247,9 @@ def test_cpu_demo_temporal_variant_beats_chance(default_demo_root, tmp_path):
         chance = report["chance_baselines"][task]["score"]
         assert model > chance + 0.05, (task, model, chance)
         assert report["official"][task]["score"] > chance + 0.05, (task, report["official"])
+
+
+def test_freezing_a_randomly_initialised_face_model_is_refused():
+    config = presets.resolve(NAME, "paper")  # face.trainable_from set, face.weights null
+    with pytest.raises(ValueError, match="face.weights is null"):
+        recipe_of(config).build_face_model()

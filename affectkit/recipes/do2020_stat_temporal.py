@@ -268,6 +268,13 @@ class StatTemporalRecipe(Recipe):
     def build_face_model(self):
         """The untrained face feature model of the config: `{"feature", "probabilities"}`."""
         face = self.config["face"]
+        if face.get("trainable_from") and not face.get("weights"):
+            raise ValueError(
+                f"face.trainable_from={face['trainable_from']!r} freezes every layer before "
+                "it, but face.weights is null: those layers would stay randomly initialised. "
+                "Expected face.weights (a local keras-vggface resnet50 .h5, or converted "
+                "VGGFace2 ResNet-50 weights), or --set face.trainable_from=null to train "
+                "every layer from scratch.")
         size = int(face["image_size"])
         model = do2020_face_model(input_shape=(size, size, 3),
                                   num_classes=self.schema.num_expressions,
