@@ -19,7 +19,7 @@ from affectkit.labels import get_schema
 from affectkit.recipes import get_recipe
 from affectkit.training import run_directory
 from affectkit.tuning import spaces
-from affectkit.tuning.results import TRIAL_LOG
+from affectkit.tuning.results import TRIAL_LOG, objective_name
 
 OBJECTIVE = "val_score"
 
@@ -27,8 +27,7 @@ OBJECTIVE = "val_score"
 def objective(name=OBJECTIVE):
     """The `kt.Objective` of an ABAW component (`score`, `expr_f1`, `val_va_arousal`, ...):
     validation, maximised."""
-    name = name if name.startswith("val_") else f"val_{name}"
-    return kt.Objective(name, direction="max")
+    return kt.Objective(objective_name(name), direction="max")
 
 
 def component_names(schema, tasks):

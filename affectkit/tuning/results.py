@@ -32,6 +32,11 @@ TRIAL_LOG = "log.txt"  # a trial's output (training log, report, traceback if it
 FINISHED = ("COMPLETED", "FAILED", "INVALID")
 
 
+def objective_name(name):
+    """`val_<component>` of an ABAW component name (`score`, `expr_f1`, `val_score`)."""
+    return name if name.startswith("val_") else f"val_{name}"
+
+
 def read_search(out):
     """The `search.json` of a search directory, or None where there is none yet."""
     path = os.path.join(out, SEARCH_FILE)
@@ -69,9 +74,9 @@ def trial_rows(out, space):
         found = _last_values(trial.get("metrics"))
         row = {"trial": trial["trial_id"], "status": trial["status"]}
         row.update({name: values.get(name) for name in space})
-        for name in values:
-            if name.startswith("tuner/") and name in ("tuner/epochs", "tuner/initial_epoch"):
-                row[name.replace("tuner/", "budget_")] = values[name]
+        for name in ("epochs", "initial_epoch"):  # Hyperband's budget of the trial
+            if f"tuner/{name}" in values:
+                row[f"budget_{name}"] = values[f"tuner/{name}"]
         row["score"] = found.get("val_score")
         row.update({name[4:]: value for name, value in found.items()
                     if name.startswith("val_") and name != "val_score"})
@@ -103,7 +108,7 @@ def results_table(rows, space):
     return table[[c for c in first + middle + last if c in table.columns]]
 
 
-def best_row(table, objective):
+def best_row(table):
     """The finished trial with the highest objective, or None."""
     if table.empty or "objective" not in table or table["objective"].isna().all():
         return None
@@ -122,7 +127,7 @@ def write_results(out, search, full_config=None):
     ranked = table.sort_values("objective", ascending=False, na_position="last")
     write_text(os.path.join(out, "results.md"), markdown(ranked, search))
     _plot(out, table, search)
-    best = best_row(table, search["objective"])
+    best = best_row(table)
     if best is not None and full_config is not None:
         values = {name: _plain(best[name]) for name in space}
         write_json(os.path.join(out, "best_config.json"), {
@@ -164,7 +169,7 @@ def progress_line(table, trial_id, max_trials, space, objective, seconds):
     row = table.loc[table["trial"].astype(str) == str(trial_id)].iloc[0]
     done = len(table)
     values = " ".join(f"{name}={_format(_plain(row[name]))}" for name in space)
-    best = best_row(table, objective)
+    best = best_row(table)
     if row["status"] == "COMPLETED":
         result = f"{objective} {float(row['objective']):.4f}"
     else:

@@ -26,11 +26,6 @@ SAME_SEARCH = ("recipe", "preset", "data", "tuner", "objective", "space", "trial
                "seed")
 
 
-def objective_name(name):
-    """`val_<component>` of an ABAW component name (`score`, `expr_f1`, `val_score`)."""
-    return name if name.startswith("val_") else f"val_{name}"
-
-
 def search_settings(recipe, data, preset="paper", config=None, sets=(), epochs=None,
                     space=None, tuner="random", max_trials=10, objective="score", seed=0):
     """The `search.json` record of a search (TensorFlow-free): what decides its trials."""
@@ -43,7 +38,7 @@ def search_settings(recipe, data, preset="paper", config=None, sets=(), epochs=N
     spaces.check_keys(full, space)
     return {
         "recipe": recipe, "preset": preset, "data": os.path.abspath(data), "tuner": tuner,
-        "objective": objective_name(objective), "max_trials": int(max_trials),
+        "objective": results.objective_name(objective), "max_trials": int(max_trials),
         "seed": int(seed), "space": space, "epochs": epochs,
         "trial_config": presets.resolve(recipe, preset, epochs=epochs, config=full),
         "full_config": full,
@@ -63,10 +58,6 @@ def check_same_search(out, settings):
             f"(different {', '.join(differ)}); expected the same command to resume it, or "
             "another --out for a new search.")
     return previous
-
-
-def finished_rows(out, settings):
-    return results.trial_rows(out, settings["space"])
 
 
 def tuner_class(kind):
@@ -126,7 +117,7 @@ def run_search(recipe, data, out, preset="paper", config=None, sets=(), epochs=N
     previous = check_same_search(out, settings)
     os.makedirs(out, exist_ok=True)
     results.write_json(os.path.join(out, results.SEARCH_FILE), settings)
-    done = finished_rows(out, settings) if previous else []
+    done = results.trial_rows(out, settings["space"]) if previous else []
     if role is None and tuner != "hyperband" and len(done) >= settings["max_trials"]:
         table = results.results_table(done, settings["space"])
         print(f"{out}: the search has finished its {len(done)} trials (--max-trials "
@@ -197,7 +188,7 @@ def _print_header(out, settings, role, done):
 
 
 def _print_best(out, table, settings):
-    best = results.best_row(table, settings["objective"])
+    best = results.best_row(table)
     if best is None:
         print("No trial finished with a score.")
         return

@@ -128,6 +128,22 @@ def _has_classifier(path):
 # ------------------------------------------------------------------------ name mappings
 
 
+# affectkit's layer names: bottleneck ResNet blocks, and squeeze-excitation in any family.
+RESNET_LAYER = re.compile(r"stage(\d)_block(\d+)_(conv|bn|shortcut_conv|shortcut_bn)(\d?)")
+SE_LAYER = re.compile(r"stage(\d)_block(\d+)_se_(reduce|expand)")
+SE_FC = {"reduce": "fc1", "expand": "fc2"}  # torchvision's and timm's SE layer names
+
+
+def _se_module(layer_name, block_prefix):
+    """`<block prefix>.fc1|fc2` of an SE layer (`block_prefix(stage, block)` names its
+    block in the source), or None for other layers."""
+    match = SE_LAYER.fullmatch(layer_name)
+    if not match:
+        return None
+    stage, block, part = match.groups()
+    return f"{block_prefix(int(stage), int(block))}.{SE_FC[part]}"
+
+
 def timm_name(family, layer_name):
     """The timm module of an affectkit backbone layer (None: no counterpart); timm's
     `legacy_seresnet50` is the Caffe SE-ResNet-50 (`senet50` with the stride on the first
@@ -137,11 +153,9 @@ def timm_name(family, layer_name):
                          f"--backbone {family!r}.")
     if layer_name in ("stem_conv", "stem_bn"):
         return {"stem_conv": "layer0.conv1", "stem_bn": "layer0.bn1"}[layer_name]
-    match = re.fullmatch(r"stage(\d)_block(\d+)_se_(reduce|expand)", layer_name)
-    if match:
-        stage, block, part = match.groups()
-        return (f"layer{int(stage) - 1}.{int(block) - 1}.se_module."
-                + {"reduce": "fc1", "expand": "fc2"}[part])
+    se = _se_module(layer_name, lambda stage, block: f"layer{stage - 1}.{block - 1}.se_module")
+    if se:
+        return se
     if layer_name == "predictions":
         return "last_linear"
     return torchvision_name("resnet50", layer_name)
@@ -152,8 +166,7 @@ def torchvision_name(family, layer_name):
     if family in ("resnet50", "resnext50"):
         if layer_name in ("stem_conv", "stem_bn"):
             return {"stem_conv": "conv1", "stem_bn": "bn1"}[layer_name]
-        match = re.fullmatch(r"stage(\d)_block(\d+)_(conv|bn|shortcut_conv|shortcut_bn)(\d?)",
-                             layer_name)
+        match = RESNET_LAYER.fullmatch(layer_name)
         if match:
             stage, block, kind, index = match.groups()
             prefix = f"layer{int(stage) - 1}.{int(block) - 1}"
@@ -169,11 +182,10 @@ def torchvision_name(family, layer_name):
             prefix = f"trunk_output.block{stage}.block{stage}-{int(block) - 1}"
             index = "0" if kind == "conv" else "1"
             return f"{prefix}.proj.{index}" if part == "proj" else f"{prefix}.f.{part}.{index}"
-        match = re.fullmatch(r"stage(\d)_block(\d+)_se_(reduce|expand)", layer_name)
-        if match:
-            stage, block, part = match.groups()
-            return (f"trunk_output.block{stage}.block{stage}-{int(block) - 1}.f.se."
-                    + {"reduce": "fc1", "expand": "fc2"}[part])
+        se = _se_module(layer_name, lambda stage, block:
+                        f"trunk_output.block{stage}.block{stage}-{block - 1}.f.se")
+        if se:
+            return se
     if layer_name == "predictions":
         return "fc"
     return None
@@ -206,8 +218,7 @@ def _keras_resnet50_arrays(layer, tensors, epsilon):
     same names but for the stem; conv biases folded into the BatchNorm after them."""
     name = {"stem_conv": "conv1_conv", "stem_bn": "conv1_bn"}.get(layer.name)
     if name is None:
-        match = re.fullmatch(r"stage(\d)_block(\d+)_(conv|bn|shortcut_conv|shortcut_bn)(\d?)",
-                             layer.name)
+        match = RESNET_LAYER.fullmatch(layer.name)
         if not match:
             return None, []
         stage, block, kind, index = match.groups()
@@ -277,7 +288,7 @@ def convert_weights(source, backbone, path, out, input_shape=(224, 224, 3), **hy
             prefix = module_name(_family(backbone), layer.name)
             return _torch_layer_arrays(layer, tensors, prefix) if prefix else (None, [])
 
-        pairs = _pairs(model, tensors, arrays_of)
+        pairs = _pairs(model, arrays_of)
         normalization = NORMALIZATIONS[source]
     else:
         source_model, tensors = read_keras_application(path, backbone, input_shape)
@@ -285,7 +296,7 @@ def convert_weights(source, backbone, path, out, input_shape=(224, 224, 3), **hy
             pairs = _inception_pairs(model, source_model, tensors)
         else:
             epsilon = float(model.get_layer("stem_bn").epsilon)
-            pairs = _pairs(model, tensors, lambda layer: _keras_resnet50_arrays(
+            pairs = _pairs(model, lambda layer: _keras_resnet50_arrays(
                 layer, tensors, epsilon))
         normalization = NORMALIZATIONS[f"keras/{backbone}"]
     _check_and_assign(model, pairs, tensors, path)
@@ -303,7 +314,7 @@ def _family(backbone):
     return "regnet" if backbone.startswith("regnet") else backbone
 
 
-def _pairs(model, tensors, arrays_of):
+def _pairs(model, arrays_of):
     """`[(layer, arrays, source names)]` for every weighted layer of `model`."""
     pairs = []
     for layer in model.layers:
@@ -347,8 +358,7 @@ def _check_and_assign(model, pairs, tensors, path):
         if expected != got:
             wrong.append(f"{layer.name}: {', '.join(names)} has shapes {got}, expected "
                          f"{expected}")
-    unexpected = sorted(n for n in tensors if n not in used
-                        and not n.startswith(CLASSIFIERS) and not _classifier_layer(n))
+    unexpected = sorted(n for n in tensors if n not in used and not n.startswith(CLASSIFIERS))
     if missing or wrong or unexpected:
         lines = [f"{path}: the checkpoint does not fit {model.name}:"]
         for title, items in (("missing", missing), ("wrongly shaped", wrong),
@@ -360,6 +370,3 @@ def _check_and_assign(model, pairs, tensors, path):
     for layer, arrays, _ in pairs:
         layer.set_weights([np.asarray(a, dtype=w.dtype) for a, w in zip(arrays, layer.weights)])
 
-
-def _classifier_layer(name):
-    return name.split("/")[0] in ("predictions",)
