@@ -215,3 +215,20 @@ def test_a_model_built_for_converted_weights_takes_their_layout_and_input(tmp_pa
 
     with pytest.raises(ValueError, match="weights of a resnet50 backbone"):
         AffectModel.from_preset("zhang2020_mtanet", image_size=64, weights=out)
+
+
+def test_a_model_with_the_imagenet_caffe_input_reloads_in_safe_mode(tmp_path):
+    """The normalisation converted keras ResNet50 weights bring is saved in `model.keras`
+    and reloads in a fresh process in safe mode, giving the same outputs."""
+    from affectkit.models import AffectModel
+    from tests.keras_checks import assert_reloads_in_fresh_process
+
+    model = AffectModel.from_preset(
+        "zhang2020_mtanet", schema="abaw3", image_size=32, normalization="imagenet_caffe",
+        backbone={"name": "resnet50", "stride_in_1x1": True, "depths": [1, 1, 1, 1],
+                  "stem_width": 8, "widths": [16, 32, 64, 128]},
+        neck={"width": 16})
+    frames = np.random.default_rng(0).random((2, 32, 32, 3)).astype("float32")
+    bgr = frames[..., ::-1] * 255.0 - np.array([103.939, 116.779, 123.68], "float32")
+    assert np.allclose(model.get_layer("normalization")(frames), bgr, atol=1e-4)
+    assert_reloads_in_fresh_process(model, frames, tmp_path)
