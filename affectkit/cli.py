@@ -16,6 +16,12 @@ import os
 import sys
 from typing import Callable, NamedTuple
 
+# TensorFlow's oneDNN CPU kernels (its default only on some Intel CPUs) are several times
+# faster for convolutions and give grouped convolutions their gradients
+# (`affectkit.models.backbones.blocks.native_grouped_convolution`); set before TensorFlow
+# is imported. `TF_ENABLE_ONEDNN_OPTS=0` keeps TensorFlow's plain kernels.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
 from affectkit.labels import EDITIONS
 from affectkit.tensorflow_logs import quiet_tensorflow_logs
 
@@ -313,27 +319,46 @@ def _tune(args):
 
 
 def _convert_weights_arguments(parser):
-    from affectkit.models.backbones.conversion import SOURCES
-
-    parser.add_argument("--source", required=True, choices=SOURCES,
-                        help="the framework the checkpoint comes from")
-    parser.add_argument("--backbone", required=True,
-                        help="the affectkit backbone to fill (resnet50, resnext50, "
-                             "regnety_1.6gf, inception_v3, ...)")
+    # No imports here: affectkit.models imports TensorFlow, whose start-up lines would
+    # show before they are filtered. The library checks the names.
+    parser.add_argument("--name",
+                        help="named weights a paper preset expects (vggface2_senet50, "
+                             "vggface2_resnet50, imagenet_inception_v3, "
+                             "imagenet_regnety_1.6gf): sets --source, --backbone and --out (in "
+                             "$AFFECTKIT_WEIGHTS, default ~/.affectkit/weights)")
+    parser.add_argument("--source",
+                        help="the framework the checkpoint comes from: torchvision, timm, "
+                             "keras or keras-vggface")
+    parser.add_argument("--backbone",
+                        help="the affectkit backbone to fill (resnet50, senet50, resnext50, "
+                             "regnety_1.6gf, inception_v3, vggface2_resnet50, ...)")
     parser.add_argument("--in", dest="checkpoint", required=True,
                         help="the checkpoint: .pth or .safetensors (torchvision, timm), "
-                             "keras.applications .h5 / .weights.h5 (keras)")
-    parser.add_argument("--out", required=True, help="the .weights.h5 file to write (and a "
-                                                     ".json beside it)")
+                             "keras.applications .h5 / .weights.h5 (keras), keras-vggface "
+                             ".h5 (keras-vggface)")
+    parser.add_argument("--out", help="the .weights.h5 file to write (and a .json beside it)")
 
 
 def _convert_weights(args):
-    from affectkit.models.backbones.conversion import convert_weights
+    from affectkit.models.backbones.conversion import convert_pretrained, convert_weights
 
-    record = convert_weights(args.source, args.backbone, args.checkpoint, args.out)
-    print(f"{args.checkpoint} ({args.source}) -> {args.out}: backbone {record['backbone']}, "
+    if args.name:
+        if args.source or args.backbone or args.out:
+            raise ValueError("--name sets --source, --backbone and --out: give either --name "
+                             "or all three.")
+        from affectkit.models.backbones.pretrained import pretrained_path
+
+        out = pretrained_path(args.name)
+        record = convert_pretrained(args.name, args.checkpoint)
+    else:
+        missing = [f"--{k}" for k in ("source", "backbone", "out") if not getattr(args, k)]
+        if missing:
+            raise ValueError(f"convert-weights needs --name, or {', '.join(missing)}.")
+        record, out = convert_weights(args.source, args.backbone, args.checkpoint,
+                                      args.out), args.out
+    print(f"{args.checkpoint} ({record['source']}) -> {out}: backbone {record['backbone']}, "
           f"input normalisation {record['normalization']!r} (recorded in "
-          f"{args.out[: -len('.weights.h5')]}.json)")
+          f"{out[: -len('.weights.h5')]}.json)")
 
 
 def _ensemble_arguments(parser):
@@ -386,8 +411,9 @@ COMMANDS = (
             lambda parser: None, _recipes),
     Command("train", "train a recipe into a run directory (resumes when rerun)",
             _train_arguments, _train, uses_tensorflow=True),
-    Command("convert-weights", "map a torchvision, timm or keras.applications checkpoint onto an "
-            "affectkit backbone (.weights.h5)", _convert_weights_arguments, _convert_weights,
+    Command("convert-weights", "map a torchvision, timm, keras.applications or keras-vggface "
+            "checkpoint onto an affectkit backbone (.weights.h5)", _convert_weights_arguments,
+            _convert_weights,
             uses_tensorflow=True),
     Command("tune", "search a recipe's hyperparameters with KerasTuner (resumes when rerun; "
             "chief/worker through KERASTUNER_* variables)", _tune_arguments, _tune,

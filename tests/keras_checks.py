@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 
+import h5py
 import keras
 import numpy as np
 
@@ -178,3 +179,86 @@ def assert_reloads_in_fresh_process(model, inputs, tmp_path, atol=1e-5,
     assert set(reloaded) == set(expected), (set(reloaded), set(expected))
     for key in expected:
         np.testing.assert_allclose(reloaded[key], expected[key], atol=atol, err_msg=key)
+
+
+# ------------------------------------------------------------ legacy Keras 2 files
+
+
+def keras_vggface_legacy_name(keras_name):
+    """A Keras 3 layer name in keras-vggface's naming ('/' written '_') -> keras-vggface's
+    own: `conv1_7x7_s2_bn` -> `conv1/7x7_s2/bn` (the tests' own inverse mapping)."""
+    if keras_name.startswith("conv1_7x7_s2"):
+        keras_name = "conv1/7x7_s2" + keras_name[len("conv1_7x7_s2"):]
+    if keras_name.endswith("_bn"):
+        keras_name = keras_name[:-3] + "/bn"
+    return keras_name
+
+
+_KERAS2_ORDER = {
+    keras.layers.Conv2D: ["kernel", "bias"],
+    keras.layers.BatchNormalization: ["gamma", "beta", "moving_mean", "moving_variance"],
+    keras.layers.Dense: ["kernel", "bias"],
+}
+
+
+def _keras2_order(layer):
+    return next((order for cls, order in _KERAS2_ORDER.items() if isinstance(layer, cls)), [])
+
+
+def write_keras2_h5(model, path, full_model=False):
+    """Writes `model`'s weights as Keras 2 `save_weights` would, with keras-vggface names
+    (`keras_vggface_legacy_name`):
+    root attr `layer_names`, one group per layer (h5py nests 'conv1/7x7_s2' as groups),
+    attr `weight_names` and one dataset per weight ('conv1/7x7_s2/bn/gamma:0')."""
+    with h5py.File(path, "w") as f:
+        root = f.create_group("model_weights") if full_model else f
+        root.attrs["backend"] = b"tensorflow"
+        root.attrs["keras_version"] = b"2.2.4"
+        layer_names = []
+        for layer in model.layers:
+            legacy = keras_vggface_legacy_name(layer.name)
+            layer_names.append(legacy.encode("utf8"))
+            group = root.create_group(legacy) if legacy not in root else root[legacy]
+            values = {w.name: keras.ops.convert_to_numpy(w) for w in layer.weights}
+            order = [n for n in _keras2_order(layer) if n in values]
+            assert len(order) == len(values), (layer.name, list(values))
+            weight_names = [f"{legacy}/{n}:0" for n in order]
+            group.attrs["weight_names"] = [w.encode("utf8") for w in weight_names]
+            for weight_name, n in zip(weight_names, order):
+                group.create_dataset(weight_name, data=values[n])
+        root.attrs["layer_names"] = layer_names
+
+
+def keras_vggface_senet50(input_shape=(224, 224, 3), depths=(3, 4, 6, 3),
+                          widths=(256, 512, 1024, 2048), stem_width=64):
+    """keras-vggface's `SENET50` (keras_vggface/models.py), written out here with plain
+    Keras layers and its layer names ('/' written '_'): a source network for tests.
+    Stride on the first 1x1 and the projection, 'same' padding, an unpadded 3x3/2 stem
+    pooling, BatchNorm epsilon 1e-4, SE as 1x1 convolutions with bias on the pooled map."""
+    L = keras.layers
+    inputs = keras.Input(input_shape)
+    x = L.Conv2D(stem_width, 7, strides=2, padding="same", use_bias=False,
+                 name="conv1_7x7_s2")(inputs)
+    x = L.Activation("relu")(L.BatchNormalization(epsilon=1e-4, name="conv1_7x7_s2_bn")(x))
+    x = L.MaxPooling2D(3, strides=2)(x)
+
+    def conv_bn(x, filters, kernel, name, strides=1, relu=True):
+        x = L.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False,
+                     name=name)(x)
+        x = L.BatchNormalization(epsilon=1e-4, name=name + "_bn")(x)
+        return L.Activation("relu")(x) if relu else x
+
+    for stage, (depth, width) in enumerate(zip(depths, widths), start=2):
+        for block in range(1, depth + 1):
+            name, strides = f"conv{stage}_{block}", (2 if stage > 2 and block == 1 else 1)
+            y = conv_bn(x, width // 4, 1, f"{name}_1x1_reduce", strides)
+            y = conv_bn(y, width // 4, 3, f"{name}_3x3")
+            y = conv_bn(y, width, 1, f"{name}_1x1_increase", relu=False)
+            se = L.Reshape((1, 1, width))(L.GlobalAveragePooling2D()(y))
+            se = L.Conv2D(width // 16, 1, activation="relu", name=f"{name}_1x1_down")(se)
+            se = L.Conv2D(width, 1, activation="sigmoid", name=f"{name}_1x1_up")(se)
+            y = L.Multiply()([y, se])
+            shortcut = (conv_bn(x, width, 1, f"{name}_1x1_proj", strides, relu=False)
+                        if block == 1 else x)
+            x = L.Activation("relu")(L.Add()([y, shortcut]))
+    return keras.Model(inputs, x)

@@ -14,7 +14,7 @@ from affectkit.models.backbones.resnet_vggface2 import (
     load_vggface2_weights,
     vggface2_resnet50,
 )
-from tests.keras_checks import assert_reloads_in_fresh_process, check_layer
+from tests.keras_checks import assert_reloads_in_fresh_process, check_layer, write_keras2_h5
 
 TINY = {"input_shape": (32, 32, 3), "depths": (1, 2, 1, 1), "widths": (16, 32, 64, 128),
         "stem_width": 8}
@@ -30,49 +30,6 @@ def _keras_vggface_names(depths):
             for part in parts:
                 names += [f"conv{stage}_{block}_{part}", f"conv{stage}_{block}_{part}/bn"]
     return names
-
-
-def _legacy_name(keras_name):
-    """This module's layer name -> keras-vggface's (the test's own inverse mapping)."""
-    if keras_name.startswith("conv1_7x7_s2"):
-        keras_name = "conv1/7x7_s2" + keras_name[len("conv1_7x7_s2"):]
-    if keras_name.endswith("_bn"):
-        keras_name = keras_name[:-3] + "/bn"
-    return keras_name
-
-
-_KERAS2_ORDER = {
-    keras.layers.Conv2D: ["kernel", "bias"],
-    keras.layers.BatchNormalization: ["gamma", "beta", "moving_mean", "moving_variance"],
-    keras.layers.Dense: ["kernel", "bias"],
-}
-
-
-def _keras2_order(layer):
-    return next((order for cls, order in _KERAS2_ORDER.items() if isinstance(layer, cls)), [])
-
-
-def _write_keras2_h5(model, path, full_model=False):
-    """Writes `model`'s weights as Keras 2 `save_weights` would, with keras-vggface names:
-    root attr `layer_names`, one group per layer (h5py nests 'conv1/7x7_s2' as groups),
-    attr `weight_names` and one dataset per weight ('conv1/7x7_s2/bn/gamma:0')."""
-    with h5py.File(path, "w") as f:
-        root = f.create_group("model_weights") if full_model else f
-        root.attrs["backend"] = b"tensorflow"
-        root.attrs["keras_version"] = b"2.2.4"
-        layer_names = []
-        for layer in model.layers:
-            legacy = _legacy_name(layer.name)
-            layer_names.append(legacy.encode("utf8"))
-            group = root.create_group(legacy) if legacy not in root else root[legacy]
-            values = {w.name: keras.ops.convert_to_numpy(w) for w in layer.weights}
-            order = [n for n in _keras2_order(layer) if n in values]
-            assert len(order) == len(values), (layer.name, list(values))
-            weight_names = [f"{legacy}/{n}:0" for n in order]
-            group.attrs["weight_names"] = [w.encode("utf8") for w in weight_names]
-            for weight_name, n in zip(weight_names, order):
-                group.create_dataset(weight_name, data=values[n])
-        root.attrs["layer_names"] = layer_names
 
 
 def _randomise(model, seed=0):
@@ -147,7 +104,7 @@ def test_keras_vggface_h5_loads_by_mapped_name(tmp_path, full_model):
     source = vggface2_resnet50(**TINY, include_top=True, num_classes=10)
     _randomise(source)
     path = str(tmp_path / "keras_vggface_tiny.h5")
-    _write_keras2_h5(source, path, full_model=full_model)
+    write_keras2_h5(source, path, full_model=full_model)
     with h5py.File(path, "r") as f:  # the Keras 2 layout, '/' nesting included
         root = f["model_weights"] if full_model else f
         assert "conv1/7x7_s2/bn" in root
@@ -167,7 +124,7 @@ def test_keras_vggface_h5_loads_by_mapped_name(tmp_path, full_model):
 def test_h5_loading_errors(tmp_path):
     source = vggface2_resnet50(**TINY)
     path = str(tmp_path / "tiny.h5")
-    _write_keras2_h5(source, path)
+    write_keras2_h5(source, path)
     wider = {**TINY, "widths": (32, 64, 128, 256)}
     with pytest.raises(ValueError, match="conv2_1_1x1_reduce.*shape"):
         vggface2_resnet50(**wider, weights=path)
@@ -273,7 +230,7 @@ def test_do2020_loads_keras_vggface_weights(tmp_path):
     source = vggface2_resnet50(**DO_TINY, include_top=True, num_classes=10)
     _randomise(source, seed=6)
     path = str(tmp_path / "vggface2_tiny.h5")
-    _write_keras2_h5(source, path)
+    write_keras2_h5(source, path)
     with pytest.warns(UserWarning, match="probabilities"):
         model = do2020_face_model(num_classes=7, weights=path, **DO_TINY)
     x01 = _images(2, 32, seed=7)

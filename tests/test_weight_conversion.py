@@ -15,7 +15,7 @@ import pytest
 
 from affectkit.models.backbones import build_backbone
 from affectkit.models.backbones.conversion import ConversionError, convert_weights
-from tests.keras_checks import REPO_ROOT
+from tests.keras_checks import REPO_ROOT, keras_vggface_senet50, write_keras2_h5
 
 TOLERANCE = 1e-4  # relative max difference
 
@@ -153,6 +153,84 @@ def test_keras_applications_give_the_source_feature_map(backbone, application, s
         assert record["normalization"] == "imagenet_caffe"
 
 
+# ----------------------------------------------------------------------- keras-vggface
+
+
+KERAS_VGGFACE_TINY = {"depths": (2, 1, 1, 2), "widths": (64, 96, 128, 160), "stem_width": 16}
+
+
+@pytest.mark.parametrize("backbone", ["senet50", "resnet50", "vggface2_resnet50"])
+def test_keras_vggface_h5_gives_the_source_feature_map(backbone, tmp_path):
+    """keras-vggface's `.h5` layout (layer names with '/', Keras 2 groups) onto affectkit:
+    SENet-50 and ResNet-50 onto `bottleneck_resnet` in keras-vggface's layout, ResNet-50
+    also onto `vggface2_resnet50` (its own network); at 70 px the stem pooling's border and
+    the 'same' padding of odd maps are exercised."""
+    from affectkit.models.backbones.resnet_vggface2 import vggface2_resnet50
+
+    shape = (70, 70, 3)
+    tiny = dict(KERAS_VGGFACE_TINY)
+    if backbone == "senet50":
+        source = keras_vggface_senet50(shape, **tiny)
+    else:  # affectkit's keras-vggface ResNet-50, checked against keras-vggface elsewhere
+        source = vggface2_resnet50(input_shape=shape, **tiny)
+    keras_randomize(source)
+    path = str(tmp_path / "rcmalli_vggface_tf_notop_model.h5")
+    write_keras2_h5(source, path)
+    out = str(tmp_path / "converted.weights.h5")
+    hyper = dict(tiny) if backbone == "vggface2_resnet50" else dict(
+        tiny, bottleneck_widths=tuple(w // 4 for w in tiny["widths"]))
+    record = convert_weights("keras-vggface", backbone, path, out, input_shape=shape, **hyper)
+    assert record["normalization"] == "vggface2"
+    x = images(shape)
+    model = build_backbone(backbone, shape, weights=out,
+                           **{k: v for k, v in record["backbone"].items() if k != "name"})
+    assert relative_difference(model.predict(x, verbose=0),
+                               source.predict(x, verbose=0)) <= TOLERANCE
+    if backbone != "vggface2_resnet50":
+        assert record["backbone"]["stride_in_1x1"] is True
+        assert record["backbone"]["padding"] == "same"
+
+
+def test_named_weights_resolve_in_the_weights_folder(tmp_path, monkeypatch):
+    """`--name` converts into $AFFECTKIT_WEIGHTS; a paper preset naming the weights loads
+    them there, in their layout; a missing named file says how to make it."""
+    from affectkit.models import AffectModel
+    from affectkit.models.backbones.conversion import convert_pretrained
+    from affectkit.models.backbones.pretrained import resolve_weights
+
+    monkeypatch.setenv("AFFECTKIT_WEIGHTS", str(tmp_path / "weights"))
+    with pytest.raises(FileNotFoundError) as error:
+        resolve_weights("vggface2_senet50")
+    message = str(error.value)
+    assert str(tmp_path / "weights" / "vggface2_senet50.weights.h5") in message
+    assert "rcmalli_vggface_tf_notop_senet50.h5" in message
+    assert "affectkit convert-weights --name vggface2_senet50" in message
+    assert "--set weights=null" in message
+
+    shape = (70, 70, 3)
+    source = keras_randomize(keras_vggface_senet50(shape, **KERAS_VGGFACE_TINY))
+    path = str(tmp_path / "rcmalli_vggface_tf_notop_senet50.h5")
+    write_keras2_h5(source, path)
+    import affectkit.models.backbones.pretrained as pretrained
+
+    tiny = dict(KERAS_VGGFACE_TINY, bottleneck_widths=[16, 24, 32, 40])
+    info = pretrained.PRETRAINED["vggface2_senet50"]
+    record = convert_weights(info["source"], info["backbone"], path,
+                             pretrained.pretrained_path("vggface2_senet50"),
+                             input_shape=shape, **tiny)
+    model = AffectModel.from_preset("zhang2020_mtanet", schema="abaw3", image_size=70,
+                                    weights="vggface2_senet50",
+                                    backbone={k: v for k, v in record["backbone"].items()
+                                              if k in tiny})
+    assert model.backbone_config["padding"] == "same"
+    frames = np.random.default_rng(1).random((2, *shape)).astype("float32")
+    bgr = frames[..., ::-1] * 255.0 - np.array([91.4953, 103.8827, 131.0912], "float32")
+    features = model.backbone(model.get_layer("normalization")(frames))
+    assert relative_difference(np.asarray(features), source.predict(bgr, verbose=0)) <= TOLERANCE
+    with pytest.raises(ConversionError):  # a SENet file is no ResNet-50
+        convert_pretrained("imagenet_inception_v3", path)
+
+
 # ----------------------------------------------------------------------- wrong checkpoints
 
 
@@ -232,3 +310,31 @@ def test_a_model_with_the_imagenet_caffe_input_reloads_in_safe_mode(tmp_path):
     bgr = frames[..., ::-1] * 255.0 - np.array([103.939, 116.779, 123.68], "float32")
     assert np.allclose(model.get_layer("normalization")(frames), bgr, atol=1e-4)
     assert_reloads_in_fresh_process(model, frames, tmp_path)
+
+
+def test_a_paper_preset_without_its_weights_stops_or_warns(tmp_path, monkeypatch):
+    """Missing named weights stop a run before any work, naming the command that makes
+    them; `weights=null` trains from scratch with a warning; frozen layers of a randomly
+    initialised backbone are refused."""
+    from affectkit import presets
+    from affectkit.models import AffectModel
+    from affectkit.recipes import get_recipe
+
+    monkeypatch.setenv("AFFECTKIT_WEIGHTS", str(tmp_path / "empty"))
+    recipe = get_recipe("zhang2020_mtanet")
+    config = presets.resolve("zhang2020_mtanet", "paper")
+    with pytest.raises(FileNotFoundError, match="convert-weights --name vggface2_senet50"):
+        recipe(config, str(tmp_path), str(tmp_path / "run"), preset="paper").run()
+    assert not os.path.exists(tmp_path / "run" / "model.keras")
+
+    scratch = recipe(dict(config, weights=None), str(tmp_path), str(tmp_path / "r"),
+                     preset="paper")
+    with pytest.warns(UserWarning, match="trains from random initialisation"):
+        scratch.check_weights()
+
+    network = AffectModel.from_preset("zhang2020_mtanet", image_size=32, neck={"width": 8},
+                                      backbone={"depths": [1, 1, 1, 1], "stem_width": 8,
+                                                "widths": [16, 32, 64, 128]})
+    network.backbone.get_layer("stem_conv").trainable = False
+    with pytest.raises(ValueError, match="would stay randomly initialised"):
+        scratch.check_frozen_layers(network)

@@ -329,7 +329,9 @@ class AffectModel(keras.Model):
             name: a recipe name, e.g. `"zhang2020_mtanet"` (`affectkit.presets.available()`).
             schema: ABAW edition or `LabelSchema`; default the preset's.
             weights: a local weights file for the backbone (nothing is downloaded), loaded
-                as `affectkit.models.backbones.build_backbone` loads it; None: random.
+                as `affectkit.models.backbones.build_backbone` loads it, or the name of
+                converted weights (`affectkit.models.backbones.pretrained`, e.g.
+                `"vggface2_senet50"`); None: random.
                 Weights from `affectkit convert-weights` bring their backbone layout and
                 (with `normalization="backbone"`) their input normalisation.
             **overrides: AffectModel arguments; dicts are merged into the preset's
@@ -343,10 +345,12 @@ class AffectModel(keras.Model):
         ```
         """
         from affectkit import presets
+        from affectkit.models.backbones.pretrained import resolve_weights
 
         config = presets.merge(presets.model_preset(name), overrides)
         if schema is not None:
             config["schema"] = get_schema(schema).edition
+        weights = resolve_weights(weights)
         if weights is not None:
             config = with_weights_layout(config, weights)
         model = cls(**config)

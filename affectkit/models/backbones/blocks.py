@@ -25,6 +25,22 @@ PADDINGS = ("torch", "same")
 POOLINGS = (None, "avg", "max")
 
 
+def native_grouped_convolution():
+    """Whether TensorFlow's own grouped convolution has gradients here: on a GPU, and on
+    CPUs where TensorFlow runs oneDNN (its default on recent Intel CPUs, and wherever
+    `TF_ENABLE_ONEDNN_OPTS=1`, which the `affectkit` command line sets); its plain CPU
+    kernels compute grouped convolutions but not their gradients."""
+    import tensorflow as tf
+
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        onednn = bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        onednn = False
+    return onednn or bool(tf.config.list_physical_devices("GPU"))
+
+
 @keras.saving.register_keras_serializable(package="affectkit")
 class GroupedConv2D(keras.layers.Conv2D):
     """`keras.layers.Conv2D` whose grouped convolution runs as TensorFlow's native op.
@@ -35,7 +51,9 @@ class GroupedConv2D(keras.layers.Conv2D):
     then ran at 2.2 img/s, against 39 img/s with `tf.nn.convolution`, which handles groups
     natively on CPU and GPU in TF 2.21 (ResNeXt-50: 0.7 img/s before). This layer calls it
     directly with the TensorFlow backend and otherwise behaves exactly like `Conv2D` (same
-    arguments, weights and config); with other backends, and for `groups=1`, it is `Conv2D`.
+    arguments, weights and config); with other backends, for `groups=1`, and where
+    TensorFlow's grouped convolution has no gradient (`native_grouped_convolution`: a CPU
+    without oneDNN), it is `Conv2D`.
 
     Args:
         Those of `keras.layers.Conv2D`.
@@ -49,7 +67,8 @@ class GroupedConv2D(keras.layers.Conv2D):
     """
 
     def convolution_op(self, inputs, kernel):
-        if self.groups == 1 or keras.backend.backend() != "tensorflow":
+        if (self.groups == 1 or keras.backend.backend() != "tensorflow"
+                or not native_grouped_convolution()):
             return super().convolution_op(inputs, kernel)
         import tensorflow as tf
 

@@ -15,6 +15,12 @@ Sources (`SOURCES`) and the backbones they fill:
     keras        inception_v3 (`keras.applications.InceptionV3`, cut at the preset's block)
                  and resnet50 (`keras.applications.ResNet50`: stride on the first 1x1, conv
                  biases folded into the BatchNorm that follows)
+    keras-vggface  senet50 and resnet50 from keras-vggface's legacy Keras `.h5` files
+                 (`rcmalli_vggface_tf_[notop_]senet50.h5`, `..._resnet50.h5`: the VGGFace2
+                 models of Cao et al. 2018), matched by layer name (`conv2_1_1x1_reduce`,
+                 ...): stride on the first 1x1, Keras 'same' padding, unpadded stem pooling,
+                 BatchNorm epsilon 1e-4 (SENet) or 1e-3 (ResNet); and vggface2_resnet50,
+                 the keras-vggface network itself, whose layers keep those names
 
 Pairing is strict: a source tensor that no backbone weight takes (besides a classifier the
 backbone does not have), a backbone weight the source lacks, or a shape that differs, is a
@@ -27,12 +33,19 @@ import re
 
 import numpy as np
 
-SOURCES = ("torchvision", "timm", "keras")
+from affectkit.training.run_directory import write_atomic, write_json
+
+SOURCES = ("torchvision", "timm", "keras", "keras-vggface")
 # What each source's weights expect as input: `affectkit.models.backbones.normalization`.
 NORMALIZATIONS = {"torchvision": "imagenet", "timm": "imagenet",
                   "keras/inception_v3": "inception",
-                  "keras/resnet50": "imagenet_caffe"}
-CLASSIFIERS = ("fc.", "classifier.", "predictions/", "head.fc.", "last_linear.")
+                  "keras/resnet50": "imagenet_caffe",
+                  "keras-vggface": "vggface2"}
+# The layout of keras-vggface's Keras port of the Caffe models (`bottleneck_resnet`).
+KERAS_VGGFACE_LAYOUT = {"stride_in_1x1": True, "stem_pool": "valid", "padding": "same"}
+KERAS_VGGFACE_BN_EPSILON = {"senet50": 1e-4, "resnet50": 1e-3}
+CLASSIFIERS = ("fc.", "classifier.", "classifier/", "predictions/", "head.fc.",
+               "last_linear.")
 
 
 def read_record(weights):
@@ -110,6 +123,26 @@ def read_keras_application(path, family, input_shape):
                               f"({error}).") from None
     return model, {f"{layer.name}/{i}": np.asarray(w) for layer in model.layers
                    for i, w in enumerate(layer.get_weights())}
+
+
+def read_legacy_h5(path):
+    """`{layer/weight: array}` of a legacy (Keras 2) `.h5` weights or model file, e.g.
+    `{"conv1/7x7_s2/bn/gamma": ...}` for keras-vggface's."""
+    import h5py
+
+    from affectkit.models.backbones.weights import legacy_weight_layers
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such weights file.")
+    try:
+        with h5py.File(path, "r") as f:
+            group, layers = legacy_weight_layers(f, path, "keras-vggface")
+            return {f"{layer}/{weight.rsplit('/', 1)[-1].split(':', 1)[0]}":
+                    np.asarray(group[layer][weight])
+                    for layer, weights in layers for weight in weights}
+    except OSError as error:
+        raise ConversionError(f"{path}: not an HDF5 file ({error}); expected a keras-vggface "
+                              ".h5 weights file.") from None
 
 
 def _has_classifier(path):
@@ -191,6 +224,41 @@ def torchvision_name(family, layer_name):
     return None
 
 
+KERAS_VGGFACE_PARTS = {"conv1": "1x1_reduce", "conv2": "3x3", "conv3": "1x1_increase",
+                       "shortcut_conv": "1x1_proj"}
+
+
+def keras_vggface_name(layer_name):
+    """The keras-vggface layer of an affectkit `bottleneck_resnet` layer (None: no
+    counterpart): `stage3_block2_conv1` -> `conv3_2_1x1_reduce`, `..._bn1` ->
+    `conv3_2_1x1_reduce/bn`, `..._se_reduce` -> `conv3_2_1x1_down`."""
+    if layer_name in ("stem_conv", "stem_bn"):
+        return {"stem_conv": "conv1/7x7_s2", "stem_bn": "conv1/7x7_s2/bn"}[layer_name]
+    match = SE_LAYER.fullmatch(layer_name)
+    if match:
+        stage, block, part = match.groups()
+        return f"conv{stage}_{block}_1x1_{'down' if part == 'reduce' else 'up'}"
+    match = RESNET_LAYER.fullmatch(layer_name)
+    if not match:
+        return None
+    stage, block, kind, index = match.groups()
+    part = "shortcut_conv" if kind.startswith("shortcut") else f"conv{index}"
+    name = f"conv{stage}_{block}_{KERAS_VGGFACE_PARTS[part]}"
+    return name + "/bn" if kind.endswith("bn") else name
+
+
+def _keras_layer_arrays(layer, tensors, prefix):
+    """The weights of one layer from a legacy Keras file's `{prefix}/{weight}` arrays (a 1x1
+    convolution on a pooled map, as keras-vggface's SE blocks, fills a Dense layer); the
+    names it read."""
+    short = [v.name for v in layer.weights]
+    names = [f"{prefix}/{n}" for n in short]
+    arrays = [tensors.get(n) for n in names]
+    if type(layer).__name__ == "Dense" and arrays[0] is not None:
+        arrays[0] = arrays[0].reshape(-1, arrays[0].shape[-1])
+    return arrays, names
+
+
 def _torch_layer_arrays(layer, tensors, prefix):
     """The Keras weights of one layer from the torch tensors under `prefix`; the names it
     read."""
@@ -250,6 +318,11 @@ def backbone_for(source, backbone, input_shape, **hyperparameters):
         extra = {"stride_in_1x1": True}
     if source == "timm":
         extra = {"stride_in_1x1": True, "stem_pool": "ceil"}
+    if source == "keras-vggface" and backbone in KERAS_VGGFACE_BN_EPSILON:
+        extra = {**KERAS_VGGFACE_LAYOUT, "bn_epsilon": KERAS_VGGFACE_BN_EPSILON[backbone]}
+    elif source == "keras-vggface" and backbone != "vggface2_resnet50":
+        raise ValueError(f"--source keras-vggface fills senet50, resnet50 and "
+                         f"vggface2_resnet50; got --backbone {backbone!r}.")
     return build_backbone(backbone, input_shape=input_shape, **extra, **hyperparameters), extra
 
 
@@ -261,8 +334,8 @@ def convert_weights(source, backbone, path, out, input_shape=(224, 224, 3), **hy
     Args:
         source: one of `SOURCES`.
         backbone: the affectkit backbone name (`available_backbones()`).
-        path: the checkpoint (`.pth` / `.safetensors` for torchvision; a keras.applications
-            `.h5` / `.weights.h5` for keras).
+        path: the checkpoint (`.pth` / `.safetensors` for torchvision and timm; a
+            keras.applications `.h5` / `.weights.h5` for keras; a keras-vggface `.h5`).
         out: the `.weights.h5` file to write.
         input_shape: the backbone's input (any size: the weights do not depend on it).
         **hyperparameters: backbone hyperparameters (e.g. tiny widths for tests).
@@ -290,6 +363,20 @@ def convert_weights(source, backbone, path, out, input_shape=(224, 224, 3), **hy
 
         pairs = _pairs(model, arrays_of)
         normalization = NORMALIZATIONS[source]
+    elif source == "keras-vggface":
+        from affectkit.models.backbones.resnet_vggface2 import keras_layer_name
+
+        tensors = read_legacy_h5(path)
+        # vggface2_resnet50 keeps keras-vggface's names, each '/' written '_'.
+        legacy = {keras_layer_name(n.rsplit("/", 1)[0]): n.rsplit("/", 1)[0] for n in tensors}
+        layer_name = (legacy.get if backbone == "vggface2_resnet50" else keras_vggface_name)
+
+        def arrays_of(layer):
+            prefix = layer_name(layer.name)
+            return _keras_layer_arrays(layer, tensors, prefix) if prefix else (None, [])
+
+        pairs = _pairs(model, arrays_of)
+        normalization = NORMALIZATIONS[source]
     else:
         source_model, tensors = read_keras_application(path, backbone, input_shape)
         if backbone == "inception_v3":
@@ -301,13 +388,24 @@ def convert_weights(source, backbone, path, out, input_shape=(224, 224, 3), **hy
         normalization = NORMALIZATIONS[f"keras/{backbone}"]
     _check_and_assign(model, pairs, tensors, path)
     os.makedirs(os.path.dirname(os.path.abspath(out)) or ".", exist_ok=True)
-    model.save_weights(out)
     record = {"backbone": {"name": backbone, **extra, **hyperparameters},
               "normalization": normalization, "source": source,
               "checkpoint": os.path.abspath(path)}
-    with open(out[: -len(".weights.h5")] + ".json", "w") as f:
-        json.dump(record, f, indent=2)
+    # The record first: weights without their record would load in the wrong layout.
+    write_json(out[: -len(".weights.h5")] + ".json", record)
+    write_atomic(out, model.save_weights)
     return record
+
+
+def convert_pretrained(name, path):
+    """`convert_weights` of a checkpoint into the named weights `name`
+    (`affectkit.models.backbones.pretrained.PRETRAINED`: its source and backbone, the file
+    in the weights folder). Returns the record."""
+    from affectkit.models.backbones.pretrained import PRETRAINED, pretrained_path
+
+    out = pretrained_path(name)
+    info = PRETRAINED[name]
+    return convert_weights(info["source"], info["backbone"], path, out)
 
 
 def _family(backbone):

@@ -323,7 +323,22 @@ def load_vggface2_weights(model, path):
     load_vggface2_weights(vggface2_resnet50(include_top=True), "rcmalli_vggface_tf_resnet50.h5")
     ```
     """
-    load_weights_file(model, path, legacy_name=keras_layer_name)
+    from affectkit.models.backbones.conversion import read_record
+
+    record = read_record(path)
+    if record is None:
+        load_weights_file(model, path, legacy_name=keras_layer_name)
+        return
+    # Converted `vggface2_resnet50` weights: a backbone whose layers share the names.
+    spec = dict(record["backbone"])
+    if spec.pop("name") != "vggface2_resnet50":
+        raise ValueError(f"{path}: weights of a {record['backbone']['name']} backbone; "
+                         f"{model.name} takes vggface2_resnet50 weights.")
+    source = vggface2_resnet50(input_shape=tuple(model.input_shape[1:]), **spec)
+    load_weights_file(source, path)
+    for layer in source.layers:
+        if layer.weights:
+            model.get_layer(layer.name).set_weights(layer.get_weights())
 
 
 def build_preset(name, **overrides):

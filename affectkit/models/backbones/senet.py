@@ -34,6 +34,7 @@ expects `"vggface2"` input instead; see `affectkit.models.backbones.normalizatio
 import keras
 
 from affectkit.models.backbones.blocks import (
+    TORCH_BN_EPSILON,
     check_pooling,
     conv_bn,
     global_pooling,
@@ -111,20 +112,22 @@ def convolutional_block_attention(x, ratio, kernel_size, name):
 
 
 def _bottleneck_block(x, width, bottleneck_width, strides, groups, attention, se_ratio,
-                      spatial_kernel_size, stride_in_1x1, name):
-    """1x1 -> 3x3 (grouped) -> 1x1 bottleneck with optional attention before the addition."""
+                      spatial_kernel_size, stride_in_1x1, layout, name):
+    """1x1 -> 3x3 (grouped) -> 1x1 bottleneck with optional attention before the addition;
+    `layout`: `conv_bn`'s padding and BatchNorm epsilon."""
     stride1, stride2 = (strides, 1) if stride_in_1x1 else (1, strides)
 
     shortcut = x
     if strides != 1 or x.shape[-1] != width:
         shortcut = conv_bn(x, width, 1, strides=strides, name=f"{name}_shortcut_conv",
-                           bn_name=f"{name}_shortcut_bn")
+                           bn_name=f"{name}_shortcut_bn", **layout)
 
     y = conv_bn(x, bottleneck_width, 1, strides=stride1, name=f"{name}_conv1",
-                bn_name=f"{name}_bn1", relu_name=f"{name}_relu1")
+                bn_name=f"{name}_bn1", relu_name=f"{name}_relu1", **layout)
     y = conv_bn(y, bottleneck_width, 3, strides=stride2, groups=groups, name=f"{name}_conv2",
-                bn_name=f"{name}_bn2", relu_name=f"{name}_relu2", pad_name=f"{name}_pad2")
-    y = conv_bn(y, width, 1, name=f"{name}_conv3", bn_name=f"{name}_bn3")
+                bn_name=f"{name}_bn2", relu_name=f"{name}_relu2", pad_name=f"{name}_pad2",
+                **layout)
+    y = conv_bn(y, width, 1, name=f"{name}_conv3", bn_name=f"{name}_bn3", **layout)
 
     if attention == "se":
         y = squeeze_excitation(y, _attention_hidden(width, se_ratio), name=f"{name}_se")
@@ -172,6 +175,8 @@ def bottleneck_resnet(
     spatial_kernel_size=7,
     stride_in_1x1=False,
     stem_pool="torch",
+    padding="torch",
+    bn_epsilon=TORCH_BN_EPSILON,
     include_top=False,
     num_classes=1000,
     pooling=None,
@@ -207,7 +212,12 @@ def bottleneck_resnet(
         stem_pool: the stem's 3x3/2 max pooling: `"torch"` (padding 1, torchvision) or
             `"ceil"` (no padding, the last window cut by the border: PyTorch's
             `ceil_mode=True` of the Caffe SENet and timm's `legacy_seresnet50`; for stem
-            maps of even side, e.g. 224 or 112 input).
+            maps of even side, e.g. 224 or 112 input) or `"valid"` (no padding, the last
+            incomplete window dropped: keras-vggface's Keras port of the Caffe models).
+        padding: `"torch"` (PyTorch's symmetric zero padding before strided
+            convolutions) or `"same"` (Keras' padding everywhere: keras-vggface).
+        bn_epsilon: BatchNorm epsilon: PyTorch's 1e-5; keras-vggface's SENet-50 uses 1e-4
+            and its ResNet-50 Keras' 1e-3.
         include_top: add global average pooling and a `num_classes` Dense classifier.
         num_classes: classifier size when `include_top` (1000 for ImageNet, 8631 for the
             VGGFace2 SENet-50).
@@ -237,8 +247,9 @@ def bottleneck_resnet(
 
     # Functional graph.
     inputs = keras.Input(shape=tuple(input_shape), name="image")
+    layout = dict(padding=padding, bn_epsilon=float(bn_epsilon))
     x = conv_bn(inputs, stem_width, 7, strides=2, name="stem_conv", bn_name="stem_bn",
-                relu_name="stem_relu", pad_name="stem_pad")
+                relu_name="stem_relu", pad_name="stem_pad", **layout)
     if stem_pool == "torch":
         x = keras.layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
         x = keras.layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
@@ -246,8 +257,10 @@ def bottleneck_resnet(
         # No padding, the last window cut by the border (PyTorch's ceil_mode=True): for an
         # even side, TensorFlow's "same" rule pads exactly that one pixel at the end.
         x = keras.layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    elif stem_pool == "valid":
+        x = keras.layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
     else:
-        raise ValueError(f"stem_pool {stem_pool!r}: expected 'torch' or 'ceil'.")
+        raise ValueError(f"stem_pool {stem_pool!r}: expected 'torch', 'ceil' or 'valid'.")
     for stage, (depth, width, bottleneck_width) in enumerate(
         zip(depths, widths, bottleneck_widths), start=2
     ):
@@ -255,7 +268,7 @@ def bottleneck_resnet(
             strides = 2 if (block == 1 and stage > 2) else 1
             x = _bottleneck_block(
                 x, width, bottleneck_width, strides, groups, attention, se_ratio,
-                spatial_kernel_size, stride_in_1x1, name=f"stage{stage}_block{block}",
+                spatial_kernel_size, stride_in_1x1, layout, name=f"stage{stage}_block{block}",
             )
     if include_top:
         x = global_pooling(x, "avg")
