@@ -37,6 +37,7 @@ __version__ = "0.1.0"
 
 REGISTERING_MODULES = (
     "affectkit.losses",
+    "affectkit.training.optimizers",
     "affectkit.streaming_metrics",
     "affectkit.models.layers",
     "affectkit.models.backbones",

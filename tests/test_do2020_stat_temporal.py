@@ -1,10 +1,15 @@
 """do2020_stat_temporal: the six Table I variants as model overrides, the eq. 4 loss against
-NumPy, class-balanced sampling, and tiny runs (face model, cache, two variants, their
-ensemble) checked through their run directories."""
+NumPy, class-balanced sampling, the out-of-fold face outputs (no training video's cached
+output from a face model that trained on it), and tiny runs (face models, cache, two
+variants, their ensemble) checked through their run directories."""
 
+import contextlib
+import io
 import json
 import os
+import warnings
 
+import h5py
 import keras
 import numpy as np
 import pandas as pd
@@ -15,10 +20,13 @@ from affectkit.data import affwild2
 from affectkit.data.affwild2 import FrameIndex
 from affectkit.evaluation import ensembles
 from affectkit.features.cache import FeatureCache
+from affectkit.features.extraction import extract_features
 from affectkit.models.affect_model import label_schema
 from affectkit.recipes import get_recipe
-from affectkit.recipes.do2020_stat_temporal import (VARIANTS, balanced_expression_index,
-                                                    get_variant, variant_name)
+from affectkit.recipes.do2020_stat_temporal import (VARIANTS, StatTemporalRecipe,
+                                                    balanced_expression_index,
+                                                    face_model_plan, get_variant,
+                                                    variant_name, weights_fingerprint)
 from affectkit.training.multitask_model import MultiTaskModel
 
 NAME = "do2020_stat_temporal"
@@ -31,6 +39,7 @@ TINY = {
     "model.temporal.lstm_units": 4,
     "model.heads": {task: {"hidden_units": [8, 8]} for task in ("expr", "va", "va_vector")},
     "data.batch_size": 16,
+    "face.folds": 2,
 }
 
 
@@ -166,20 +175,55 @@ def _annotated_frames(root, schema, tasks):
     return rows
 
 
-def test_two_variants_share_the_face_model_and_cache_and_fuse(demo_root, tmp_path, capsys):
-    """Phase (a) and (b) of model 6, then model 1 from the same face dir, then their
-    average: every annotated validation frame predicted, official files written, scored."""
-    face_dir = str(tmp_path / "face")
+@pytest.fixture(scope="module")
+def out_of_fold_face(demo_root, tmp_path_factory):
+    """Phase (a) of the tiny preset, out of fold with 2 folds, on the demo data: `(face dir,
+    printed output, {face model: the training videos its training was handed})`, shared by
+    the tests of this module. `fold_1` trains for real; to keep the suite fast, `fold_2` is
+    an untrained face model of its own seed, saved where the recipe keeps it (the slow
+    cpu_demo test trains every fold's)."""
+    face_dir = str(tmp_path_factory.mktemp("do2020") / "face")
+    handed = {}
+    train_for_real = StatTemporalRecipe.train_face_model
+
+    def train_face_model(self, run_dir, path, train_index, val_index):
+        name = os.path.basename(run_dir)
+        handed[name] = sorted(train_index.videos)
+        if name == "fold_1":
+            return train_for_real(self, run_dir, path, train_index, val_index)
+        keras.utils.set_random_seed(100)
+        model = self.build_face_model()
+        os.makedirs(run_dir, exist_ok=True)
+        model.save(path)
+        return model
+
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(printed):
+        patch.setattr(StatTemporalRecipe, "train_face_model", train_face_model)
+        recipe_of(tiny_config(edition="abaw3", face__dir=face_dir), demo_root,
+                  str(tmp_path_factory.mktemp("do2020_run"))).prepare()
+    return face_dir, printed.getvalue(), handed
+
+
+def test_two_variants_share_the_face_model_and_cache_and_fuse(out_of_fold_face, demo_root,
+                                                              tmp_path, capsys):
+    """Phase (b) of model 6, then model 1, from one face dir (phase (a), out of fold), then
+    their average: every annotated validation frame predicted, official files written,
+    scored."""
+    face_dir = out_of_fold_face[0]
     runs = {number: str(tmp_path / f"m{number}") for number in (6, 1)}
     reports = {}
     for number, out in runs.items():
         config = tiny_config(variant=number, edition="abaw3", face__dir=face_dir)
         reports[number] = recipe_of(config, demo_root, out).run()
     printed = capsys.readouterr().out
-    assert printed.count("[face] using the face model") == 1  # model 1 reused phase (a)
+    # Both reused phase (a): the face models of the 2 folds.
+    assert printed.count("[face] using the face model") == 4
+    assert "[face] training" not in printed
+    assert printed.count("Training inputs: out_of_fold, 2 folds") == 2
     assert "Table I model 1 (Emotion Image, s = 1)" in printed
     for name in ("face_model.keras", "model.keras", "metrics.json", "history.csv"):
-        assert os.path.exists(os.path.join(face_dir, name)), name
+        assert os.path.exists(os.path.join(face_dir, "fold_1", name)), name
     manifest = json.load(open(os.path.join(face_dir, "cache", "manifest.json")))
     assert manifest["outputs"] == {"feature": 128, "probabilities": 8}
 
@@ -193,6 +237,9 @@ def test_two_variants_share_the_face_model_and_cache_and_fuse(demo_root, tmp_pat
         assert {f"{t}_score" for t in tasks} <= set(saved["validation"])
         assert set(saved["chance_baselines"]) == set(tasks) == set(saved["official"])
         assert saved["table_i_model"] == number and "score" in saved["face_model_softmax"]["expr"]
+        outputs = saved["face_training_outputs"]
+        assert outputs["scheme"] == "out_of_fold" and outputs["folds"] == 2
+        assert {"training_inputs", "in_sample"} <= set(outputs["train_frames_expr"])
         record = json.load(open(os.path.join(out, "config.json")))
         assert record["recipe"] == NAME and record["config"]["variant"] == variant_name(number)
         table = pd.read_csv(os.path.join(out, "predictions", "validation.csv"))
@@ -241,7 +288,16 @@ def test_two_variants_share_the_face_model_and_cache_and_fuse(demo_root, tmp_pat
 def test_cpu_demo_temporal_variant_beats_chance(default_demo_root, tmp_path):
     """Model 6 (STAT + LSTM) of the cpu_demo preset on the default demo data (minutes)."""
     config = presets.resolve(NAME, "cpu_demo", sets=["edition=abaw3", "variant=6"])
-    report = recipe_of(config, default_demo_root, str(tmp_path / "m6")).run()
+    recipe = recipe_of(config, default_demo_root, str(tmp_path / "m6"))
+    report = recipe.run()
+    # Out of fold (3 folds): what each real face model's training run records it read.
+    face_dir = recipe.face_paths()[0]
+    plan = json.load(open(os.path.join(face_dir, "face_models.json")))["models"]
+    assert sorted(plan) == ["fold_1", "fold_2", "fold_3"]
+    _check_plan_has_no_leak(plan, recipe.index("train").videos, recipe.index("val").videos)
+    for name, entry in plan.items():
+        saved = json.load(open(os.path.join(face_dir, name, "metrics.json")))
+        assert saved["trained_on"] == entry["trained_on"], name
     for task in ("va", "expr"):
         model = report["validation"][f"{task}_score"]
         chance = report["chance_baselines"][task]["score"]
@@ -250,6 +306,153 @@ def test_cpu_demo_temporal_variant_beats_chance(default_demo_root, tmp_path):
 
 
 def test_freezing_a_randomly_initialised_face_model_is_refused():
-    config = presets.resolve(NAME, "paper")  # face.trainable_from set, face.weights null
+    config = presets.resolve(NAME, "paper")  # face.trainable_from set
+    config["face"]["weights"] = None
     with pytest.raises(ValueError, match="face.weights is null"):
         recipe_of(config).build_face_model()
+
+
+# Out-of-fold face outputs --------------------------------------------------------------
+
+
+def _check_plan_has_no_leak(plan, train, other):
+    """Every video's outputs come from exactly one face model, never one trained on it."""
+    made = [video for entry in plan.values() for video in entry["outputs_for"]]
+    assert sorted(made) == sorted(set(train) | set(other)) and len(made) == len(set(made))
+    for name, entry in plan.items():
+        assert not set(entry["trained_on"]) & set(entry["outputs_for"]), name
+        assert set(entry["trained_on"]) <= set(train), name  # face models never see validation
+
+
+def test_out_of_fold_plan_folds_are_disjoint_seeded_and_cover_the_training_videos():
+    train = [f"t{i:02d}" for i in range(11)] + ["pair_left", "pair_right"]
+    other = ["v0", "v1", "v2_left", "v2_right", "v3"]
+    counts = {video: 50 + 13 * i for i, video in enumerate(train + other)}
+    plan = face_model_plan("out_of_fold", train, other, folds=3, seed=4, frame_counts=counts)
+    assert sorted(plan) == ["fold_1", "fold_2", "fold_3"]
+    _check_plan_has_no_leak(plan, train, other)
+    folds = [sorted(set(plan[f"fold_{k}"]["outputs_for"]) & set(train)) for k in (1, 2, 3)]
+    shares = [sorted(set(plan[f"fold_{k}"]["outputs_for"]) - set(train)) for k in (1, 2, 3)]
+    assert sorted(v for fold in folds for v in fold) == sorted(train) and all(folds)
+    assert sorted(v for share in shares for v in share) == sorted(other) and all(shares)
+    for k, held_out in enumerate(folds, start=1):  # fold k trains on the other folds
+        assert plan[f"fold_{k}"]["trained_on"] == sorted(set(train) - set(held_out))
+    for a, b in (("pair_left", "pair_right"), ("v2_left", "v2_right")):  # one source video
+        assert [a in f for f in folds + shares] == [b in f for f in folds + shares]
+    assert face_model_plan("out_of_fold", train[::-1], other, 3, 4, counts) == plan  # seeded
+    by_seed = [face_model_plan("out_of_fold", train, other, 3, seed) for seed in range(4)]
+    assert any(other_seed != by_seed[0] for other_seed in by_seed[1:])  # equal sizes: shuffled
+    # Fewer other videos than folds: some shares stay empty.
+    few = face_model_plan("out_of_fold", train, ["v0"], folds=3)
+    _check_plan_has_no_leak(few, train, ["v0"])
+
+    leaky = face_model_plan("in_sample", train, other)
+    assert leaky == {"all": {"trained_on": sorted(train), "outputs_for": sorted(train + other)}}
+    unseen = face_model_plan("pretrained", train, other)
+    _check_plan_has_no_leak(unseen, train, other)
+    assert unseen["pretrained"]["trained_on"] == []
+    with pytest.raises(ValueError, match="at least 2 folds"):
+        face_model_plan("out_of_fold", train, other, folds=1)
+    with pytest.raises(ValueError, match="out_of_fold, pretrained, in_sample"):
+        face_model_plan("stacked", train, other)
+
+
+def test_the_shared_face_directory_is_named_by_the_training_outputs_and_folds(tmp_path):
+    recipe = get_recipe(NAME)
+    folder = str(tmp_path)
+    dirs = {key: recipe.shared_preparation(tiny_config(**sets), folder)["face"]["dir"]
+            for key, sets in {"oof2": {}, "oof3": {"face.folds": 3},
+                              "in_sample": {"face.training_outputs": "in_sample"}}.items()}
+    assert len(set(dirs.values())) == 3
+    assert recipe.shared_preparation(tiny_config(), folder)["face"]["dir"] == dirs["oof2"]
+    assert all(os.path.dirname(d) == folder for d in dirs.values())
+
+
+def test_face_model_file_and_pretrained_settings_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="face.training_outputs=pretrained"):
+        recipe_of(tiny_config(face__model_file=str(tmp_path / "m.keras"))).training_outputs()
+    with pytest.raises(ValueError, match="face.training_outputs 'bagged'"):
+        recipe_of(tiny_config(face__training_outputs="bagged")).training_outputs()
+    config = tiny_config(face__training_outputs="pretrained")
+    with pytest.raises(ValueError, match="face.model_file and face.weights are null"):
+        recipe_of(config).load_face_model("pretrained")
+    # A whole face model trained elsewhere is used as it is; weights that leave layers (here
+    # the softmax) at their initial values are refused.
+    source = recipe_of(tiny_config()).build_face_model()  # random weights, another draw
+    whole, partial = str(tmp_path / "whole.h5"), str(tmp_path / "backbone.h5")
+    _write_keras2_weights(source, whole)
+    _write_keras2_weights(source, partial, skip=("probabilities",))
+    x = np.random.default_rng(2).uniform(size=(2, 32, 32, 3)).astype("float32")
+    model = recipe_of(tiny_config(face__training_outputs="pretrained", face__weights=whole)
+                      ).load_face_model("pretrained")
+    np.testing.assert_allclose(model.predict(x, verbose=0)["probabilities"],
+                               source.predict(x, verbose=0)["probabilities"], rtol=1e-5)
+    config = tiny_config(face__training_outputs="pretrained", face__weights=partial)
+    with warnings.catch_warnings(), pytest.raises(
+            ValueError, match=r"\['probabilities'\].*every layer must come"):
+        warnings.simplefilter("ignore")  # the loader's own note of the layer it left out
+        recipe_of(config).load_face_model("pretrained")
+
+
+def _write_keras2_weights(model, path, skip=()):
+    """`model`'s weights as a legacy Keras 2 `.h5` (layer_names / weight_names), the layers
+    of `skip` left out."""
+    layers = [layer for layer in model.layers if layer.weights and layer.name not in skip]
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = [layer.name.encode() for layer in layers]
+        for layer in layers:
+            group = f.create_group(layer.name)
+            names = [f"{weight.name}:0" for weight in layer.weights]
+            group.attrs["weight_names"] = [name.encode() for name in names]
+            for name, weight in zip(names, layer.weights):
+                group.create_dataset(name, data=keras.ops.convert_to_numpy(weight))
+
+
+def test_no_training_video_gets_the_outputs_of_a_face_model_that_trained_on_it(
+        out_of_fold_face, demo_root, tmp_path):
+    """Phase (a) out of fold (2 folds): the plan, the training videos each face model's
+    training was handed (and what the real one's run records), and each model's cached
+    outputs recomputed from its file."""
+    face_dir, printed, handed = out_of_fold_face
+    assert printed.count("[face] training face model") == 2
+    recipe = recipe_of(tiny_config(edition="abaw3", face__dir=face_dir), demo_root)
+    indexes = {"train": recipe.index("train"), "val": recipe.index("val")}
+    train, val = indexes["train"].videos, indexes["val"].videos
+    record = json.load(open(os.path.join(face_dir, "face_models.json")))
+    plan = record["models"]
+    assert (record["training_outputs"], record["folds"]) == ("out_of_fold", 2)
+    assert sorted(plan) == ["fold_1", "fold_2"]
+    _check_plan_has_no_leak(plan, train, val)
+    assert handed == {name: entry["trained_on"] for name, entry in plan.items()}
+    saved = json.load(open(os.path.join(face_dir, "fold_1", "metrics.json")))
+    assert saved["trained_on"] == plan["fold_1"]["trained_on"]  # what its training run read
+    scores = record["train_frames_expr"]
+    assert scores["frames"] > 0 and {"training_inputs", "in_sample"} <= set(scores)
+
+    cache = FeatureCache(os.path.join(face_dir, "cache"))
+    assert cache.videos == sorted(train + val)
+    assert cache.manifest["model"]["weights_sha1"] == record["weights_sha1"]
+    models = {}
+    for name in plan:
+        models[name] = keras.saving.load_model(os.path.join(face_dir, name, "face_model.keras"))
+        assert weights_fingerprint(models[name]) == record["weights_sha1"][name]
+    for name, entry in plan.items():
+        # A training video's cached outputs are those of the model the plan names
+        # (recomputed from its file), not those of the other fold's, which trained on it.
+        video = sorted(set(entry["outputs_for"]) & set(train))[0]
+        stored = cache.load(video)
+        for other in plan:
+            check = str(tmp_path / f"check_{name}_{other}")
+            extract_features(models[other], indexes["train"].subset([video]), check,
+                             normalization="unit", verbose=0)
+            again = FeatureCache(check).load(video)
+            np.testing.assert_array_equal(again["frames"], stored["frames"])
+            same = all(np.allclose(again[key], stored[key], atol=1e-5)
+                       for key in ("feature", "probabilities"))
+            assert same == (other == name), (name, other)
+
+    # A face directory planned otherwise is refused before anything trains.
+    other = recipe_of(tiny_config(edition="abaw3", face__dir=face_dir, face__folds=3),
+                      demo_root, str(tmp_path / "run3"))
+    with pytest.raises(ValueError, match="planned with other folds, models"):
+        other.prepare()

@@ -75,7 +75,9 @@ def test_paper_preset():
     assert paper["losses"] == {"au_pos_weights": "auto", "expr_class_weights": "auto"}
     (stage,) = paper["stages"].values()
     assert stage["epochs"] == 50
-    assert stage["optimizer"] == {"name": "sgd", "learning_rate": 1e-3, "momentum": 0.9}
+    # CosineAnnealingLR(T_max=1e4) stepped every batch (the base code's).
+    assert stage["optimizer"] == {"name": "sgd", "learning_rate": 1e-3, "momentum": 0.9,
+                                  "schedule": {"name": "cosine_annealing", "t_max": 10000}}
     # The VA loss is the sum of 1 - CCC over valence and arousal (2 x MaskedCCCLoss's mean).
     assert stage["loss_weights"] == {"va": 2.0, "expr": 1.0, "au": 1.0}
     demo = presets.run_presets(NAME)["cpu_demo"]

@@ -82,6 +82,7 @@ def test_paper_preset_has_the_papers_sizes(tmp_path):
             if hasattr(layer, "units")] == [512, 256]
     assert model.output["expr"].shape[-1] == 8 and label_schema(model).edition == "abaw5"
     assert config["data"]["segment_length"] == 128 and config["losses"]["rdrop_alpha"] == 5.0
+    assert config["losses"]["rdrop_kl_reduction"] == "sum"  # the reference R-Drop code's
     assert config["stages"]["rdrop"]["optimizer"] == {"name": "adam", "learning_rate": 1e-4}
     assert config["stages"]["rdrop"]["epochs"] == 25 and config["fold"] == 5
     lstm = Recipe(dict(config, encoder="lstm"), "unused", str(tmp_path))
@@ -106,7 +107,9 @@ def test_config_errors_say_what_was_expected(tmp_path):
 # ------------------------------------------------------------------------- R-Drop
 
 
-def _rdrop_numpy(labels, p1, p2, alpha):
+def _rdrop_numpy(labels, p1, p2, alpha, kl_reduction="mean"):
+    """Eq. 4: mean CE of the two passes + alpha * their symmetric KL over the labelled
+    frames, averaged, or summed as the reference R-Drop code does (`kl_reduction="sum"`)."""
     labels = labels.reshape(-1)
     p1 = np.clip(p1.reshape(len(labels), -1).astype(np.float64), 1e-7, 1 - 1e-7)
     p2 = np.clip(p2.reshape(len(labels), -1).astype(np.float64), 1e-7, 1 - 1e-7)
@@ -114,7 +117,8 @@ def _rdrop_numpy(labels, p1, p2, alpha):
     ce = -0.5 * (np.log(p1[rows, labels[rows]]) + np.log(p2[rows, labels[rows]]))
     kl_12 = np.sum(p1 * (np.log(p1) - np.log(p2)), axis=-1)[rows]
     kl_21 = np.sum(p2 * (np.log(p2) - np.log(p1)), axis=-1)[rows]
-    return float(np.mean(ce + alpha * 0.5 * (kl_12 + kl_21)))
+    kl = 0.5 * (kl_12 + kl_21)
+    return float(np.mean(ce) + alpha * (np.sum(kl) if kl_reduction == "sum" else np.mean(kl)))
 
 
 @pytest.mark.parametrize("encoder", module.ENCODERS)
@@ -132,6 +136,13 @@ def test_rdrop_loss_of_two_dropout_passes_equals_numpy(encoder, tmp_path):
     pair = keras.ops.convert_to_numpy(stream(x, training=True)["expr"])
     assert pair.shape == (3, 8, 2, 8)
     assert np.abs(pair[..., 0, :] - pair[..., 1, :]).max() > 1e-3  # two dropout masks
+    # The presets sum the KL over the labelled frames, as the reference R-Drop code.
+    assert recipe.config["losses"]["rdrop_kl_reduction"] == "sum"
+    loss = float(recipe.build_losses("rdrop", None)["expr"](labels, pair))
+    np.testing.assert_allclose(
+        loss, _rdrop_numpy(labels, pair[..., 0, :], pair[..., 1, :], 5.0, kl_reduction="sum"),
+        rtol=1e-5)
+    recipe.config["losses"]["rdrop_kl_reduction"] = "mean"
     loss = float(recipe.build_losses("rdrop", None)["expr"](labels, pair))
     np.testing.assert_allclose(loss, _rdrop_numpy(labels, pair[..., 0, :], pair[..., 1, :], 5.0),
                                rtol=1e-5)

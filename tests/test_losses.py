@@ -66,6 +66,24 @@ def np_focal(labels, probabilities, alpha, gamma, label_smoothing, from_logits=F
     return np.mean(-(alpha * (1 - p) ** gamma * t * np.log(p)).sum(-1))
 
 
+def np_focal_kl(labels, probabilities, alpha=0.9, gamma=2.0, label_smoothing=0.1,
+                focal_weight=0.8, kl_weight=0.2, from_logits=False):
+    """The authors' `CEFocalLoss(distillation_loss=True)` (th2l/Affwild2-ABAW3-ActionUnit
+    core/loss.py) written out: per frame alpha_y (1 - p_y)^gamma CE(smoothed, p), averaged,
+    plus KL(smoothed || p) summed over classes and averaged over frames ("batchmean")."""
+    labels, p = np_class_rows(labels, probabilities, from_logits)
+    classes = p.shape[1]
+    one_hot = np.eye(classes)[labels]
+    t = one_hot * (1 - label_smoothing) + label_smoothing / classes
+    ce = -(t * np.log(p)).sum(-1)
+    p_label = (p * one_hot).sum(-1)
+    alpha_label = (np.asarray(alpha, np.float64) * one_hot).sum(-1)
+    focal = alpha_label * (1 - p_label) ** gamma * ce
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl = np.where(t > 0, t * (np.log(t) - np.log(p)), 0.0).sum(-1)
+    return focal_weight * focal.mean() + kl_weight * kl.mean()
+
+
 def np_bce(y_true, y_pred, from_logits=False, pos_weights=None):
     k = y_true.shape[-1]
     y_true = y_true.reshape(-1, k)
@@ -86,7 +104,10 @@ def np_va_vector(y_true, y_pred):
     return np.mean((target - y_pred[valid]) ** 2)
 
 
-def np_rdrop(labels, y_pred, alpha, from_logits=False):
+def np_rdrop(labels, y_pred, alpha, from_logits=False, kl_reduction="mean"):
+    """Liu et al. eq. 4: the mean of the two passes' cross-entropies + alpha * the symmetric
+    KL, averaged over the labelled frames ("mean") or, as the R-Drop README's
+    `compute_kl_loss` (`kl_div(reduction="none").sum()` of each direction, halved), summed."""
     labels = labels.reshape(-1).astype(int)
     passes = y_pred.reshape(labels.size, 2, -1).astype(np.float64)
     p = np_softmax(passes) if from_logits else np.clip(passes, EPS, 1 - EPS)
@@ -94,6 +115,10 @@ def np_rdrop(labels, y_pred, alpha, from_logits=False):
     labels, p1, p2 = labels[valid], p[valid, 0], p[valid, 1]
     rows = np.arange(len(labels))
     ce = 0.5 * (-np.log(p1[rows, labels]).mean() - np.log(p2[rows, labels]).mean())
+    if kl_reduction == "sum":
+        p_loss = (p2 * (np.log(p2) - np.log(p1))).sum()  # kl_div(log p1, p2): KL(p2 || p1)
+        q_loss = (p1 * (np.log(p1) - np.log(p2))).sum()
+        return ce + alpha * (p_loss + q_loss) / 2
     kl12 = (p1 * np.log(p1 / p2)).sum(-1)
     kl21 = (p2 * np.log(p2 / p1)).sum(-1)
     return ce + alpha * np.mean(0.5 * (kl12 + kl21))
@@ -189,6 +214,33 @@ def test_focal_loss_matches_numpy(kwargs):
         np_crossentropy(labels, probabilities), rel=1e-5)
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"alpha": 0.25, "gamma": 0.0, "label_smoothing": 0.0},
+                                    {"alpha": [0.5, 1.0, 0.9, 1.2, 0.7, 1.0, 2.0, 0.3],
+                                     "focal_weight": 1.0, "kl_weight": 0.5, "from_logits": True}])
+def test_focal_kl_loss_matches_the_authors_formula(kwargs):
+    rng = np.random.default_rng(11)
+    for shape in [(60,), (2, 64)]:
+        labels, y_pred = class_data(rng, shape, logits=kwargs.get("from_logits", False))
+        assert value(losses.MaskedFocalKLLoss(**kwargs), labels, y_pred) == pytest.approx(
+            np_focal_kl(labels, y_pred, **kwargs), rel=1e-5)
+        assert value(losses.MaskedFocalKLLoss(**kwargs), labels[..., None], y_pred) == pytest.approx(
+            np_focal_kl(labels, y_pred, **kwargs), rel=1e-5)
+
+
+def test_focal_kl_loss_on_a_confident_frame_is_the_reference_sheets():
+    """REFERENCE section 6: p_y = 0.97 of 8 classes, the rest equal: the authors' focal term
+    0.0004 and KL 0.038 before weighting, where Keras' focal form gives 0.426."""
+    p = np.full((1, 8), 0.03 / 7, np.float32)
+    p[0, 2] = 0.97
+    label = np.array([2.0], np.float32)
+    focal = value(losses.MaskedFocalKLLoss(focal_weight=1.0, kl_weight=0.0), label, p)
+    kl = value(losses.MaskedFocalKLLoss(focal_weight=0.0, kl_weight=1.0), label, p)
+    assert focal == pytest.approx(0.0004, abs=5e-5) and kl == pytest.approx(0.038, abs=5e-4)
+    assert value(losses.MaskedFocalKLLoss(), label, p) == pytest.approx(0.8 * focal + 0.2 * kl, rel=1e-5)
+    keras_form = value(losses.MaskedFocalLoss(alpha=0.9, gamma=2.0, label_smoothing=0.1), label, p)
+    assert keras_form == pytest.approx(0.426, abs=5e-4)
+
+
 def test_va_vector_mse_matches_numpy():
     rng = np.random.default_rng(4)
     for shape in [(50,), (4, 8)]:
@@ -213,6 +265,28 @@ def test_rdrop_loss_matches_numpy(from_logits):
     same = np.repeat(y_pred[..., :1, :], 2, axis=-2)
     assert value(losses.RDropLoss(from_logits=from_logits), labels, same) == pytest.approx(
         np_crossentropy(labels, same[..., 0, :], from_logits=from_logits), rel=1e-5)
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_rdrop_loss_sums_the_kl_as_the_reference_code(from_logits):
+    rng = np.random.default_rng(12)
+    for shape in [(30,), (2, 16)]:
+        labels, _ = class_data(rng, shape)
+        z = rng.normal(0, 2, shape + (2, 8)).astype(np.float32)
+        y_pred = z if from_logits else np_softmax(z).astype(np.float32)
+        summed = losses.RDropLoss(alpha=5.0, kl_reduction="sum", from_logits=from_logits)
+        assert value(summed, labels, y_pred) == pytest.approx(
+            np_rdrop(labels, y_pred, 5.0, from_logits, kl_reduction="sum"), rel=1e-5)
+        # the KL term is the mean one times the number of labelled frames
+        valid = int((labels != -1).sum())
+        mean_kl = value(losses.RDropLoss(alpha=1.0, from_logits=from_logits), labels, y_pred) - \
+            value(losses.RDropLoss(alpha=0.0, from_logits=from_logits), labels, y_pred)
+        sum_kl = value(losses.RDropLoss(alpha=1.0, kl_reduction="sum", from_logits=from_logits),
+                       labels, y_pred) - value(losses.RDropLoss(alpha=0.0, from_logits=from_logits),
+                                               labels, y_pred)
+        assert sum_kl == pytest.approx(valid * mean_kl, rel=1e-4)
+    with pytest.raises(ValueError, match="kl_reduction"):
+        losses.RDropLoss(kl_reduction="batchmean")
 
 
 def test_sample_weight_equals_repeated_rows():
@@ -241,6 +315,10 @@ ALL_MISSING = [  # (loss, labels, shape of the raw outputs, activation applied t
     (losses.VAVectorMSE(), np.array([[-5.0, 0.3], [0.2, -5.0], [-5.0, -5.0]]), (3, 5), tf.tanh),
     (losses.RDropLoss(), -np.ones((2, 6)), (2, 6, 2, 8), tf.nn.softmax),
     (losses.RDropLoss(from_logits=True), -np.ones((12,)), (12, 2, 8), tf.identity),
+    (losses.RDropLoss(kl_reduction="sum"), -np.ones((2, 6)), (2, 6, 2, 8), tf.nn.softmax),
+    (losses.MaskedFocalKLLoss(), -np.ones((2, 6)), (2, 6, 8), tf.nn.softmax),
+    (losses.MaskedFocalKLLoss(label_smoothing=0.0, from_logits=True), -np.ones((12, 1)), (12, 8),
+     tf.identity),
 ]
 
 
@@ -331,6 +409,10 @@ def all_losses():
         losses.MaskedFocalLoss(alpha=[0.5, 1.0]),
         losses.VAVectorMSE(name="vector", reduction="sum"),
         losses.RDropLoss(alpha=3.0, from_logits=True),
+        losses.RDropLoss(alpha=5.0, kl_reduction="sum", name="rdrop_sum"),
+        losses.MaskedFocalKLLoss(),
+        losses.MaskedFocalKLLoss(alpha=[0.5, 1.0], gamma=1.0, label_smoothing=0.0, focal_weight=1.0,
+                                 kl_weight=0.5, from_logits=True, reduction="sum"),
         losses.UncertaintyWeighting(tasks=["va", "expr"], regression_tasks=["va"], name="weights"),
     ]
 
@@ -346,6 +428,46 @@ def test_ccc_loss_through_the_shared_loss_checks():
     y_true[[1, 4], 0] = -5.0  # missing valence
     y_pred = rng.uniform(-1, 1, (12, 2)).astype(np.float32)
     check_loss(losses.MaskedCCCLoss(), y_true, y_pred, np_ccc_loss(y_true, y_pred))
+
+
+def test_new_losses_through_the_shared_loss_checks():
+    rng = np.random.default_rng(13)
+    labels, y_pred = class_data(rng, (16,))
+    check_loss(losses.MaskedFocalKLLoss(), labels, y_pred, np_focal_kl(labels, y_pred))
+    labels, _ = class_data(rng, (16,))
+    pair = np_softmax(rng.normal(0, 2, (16, 2, 8))).astype(np.float32)
+    check_loss(losses.RDropLoss(kl_reduction="sum"), labels, pair,
+               np_rdrop(labels, pair, 5.0, kl_reduction="sum"), atol=1e-4)
+
+
+@pytest.mark.parametrize("loss", [losses.MaskedFocalKLLoss(alpha=0.9, gamma=2.0, label_smoothing=0.1),
+                                  losses.RDropLoss(alpha=5.0, kl_reduction="sum")],
+                         ids=lambda o: type(o).__name__)
+def test_new_losses_compiled_save_and_reload(loss, tmp_path):
+    """A model compiled with the loss, saved to `.keras` and reloaded in safe mode: the same
+    loss config and the same evaluated loss, equal to the NumPy formula."""
+    rng = np.random.default_rng(14)
+    rdrop = isinstance(loss, losses.RDropLoss)
+    x = rng.normal(size=(24, 6)).astype(np.float32)
+    labels, _ = class_data(rng, (24,))
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(16 if rdrop else 8, name="logits")(inputs)
+    if rdrop:
+        hidden = keras.layers.Reshape((2, 8))(hidden)
+    outputs = keras.layers.Softmax(axis=-1)(hidden)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="sgd", loss=loss)
+    model.fit(x, labels, batch_size=8, epochs=1, verbose=0)
+    expected = model.evaluate(x, labels, batch_size=24, verbose=0)
+    predictions = model.predict(x, verbose=0)
+    reference = (np_rdrop(labels, predictions, 5.0, kl_reduction="sum") if rdrop
+                 else np_focal_kl(labels, predictions))
+    assert expected == pytest.approx(reference, rel=1e-4)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path, compile=True, safe_mode=True)
+    assert type(reloaded.loss) is type(loss) and reloaded.loss.get_config() == loss.get_config()
+    assert reloaded.evaluate(x, labels, batch_size=24, verbose=0) == pytest.approx(expected, rel=1e-6)
 
 
 def tiny_model():

@@ -1,6 +1,7 @@
-"""phan2022_regnet_transformer: the paper's network from its preset, the configured focal loss
-against NumPy, the plateau schedule, the frozen-backbone option, and runs of the recipe (a
-tiny one end to end; the cpu_demo preset against the chance baseline, slow)."""
+"""phan2022_regnet_transformer: the paper's network from its preset, the configured loss (the
+authors' focal + KL form, or Keras' focal form) against NumPy, the plateau schedule, the
+frozen backbone and the frozen stem and first stage, and runs of the recipe (a tiny one end
+to end; the cpu_demo preset against the chance baseline, slow)."""
 
 import glob
 import json
@@ -11,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from affectkit import presets
+from affectkit import losses, presets
 from affectkit.data.affwild2 import annotation_dir
 from affectkit.labels import get_schema
 from affectkit.models.affect_model import AffectModel, label_schema
@@ -55,7 +56,10 @@ def test_paper_preset_builds_regnety_16gf_over_64_frame_clips():
     assert backbone_weights + 888 * 1000 + 1000 == 11_202_430
 
     config = presets.resolve(NAME, "paper")
-    assert config["losses"] == {"focal_alpha": 0.9, "focal_gamma": 2.0, "label_smoothing": 0.1}
+    assert config["losses"] == {"form": "authors", "focal_alpha": 0.9, "focal_gamma": 2.0,
+                                "label_smoothing": 0.1, "focal_weight": 0.8, "kl_weight": 0.2}
+    assert config["train_backbone"] is True
+    assert config["trainable_from"] == "stage2_block1_a_conv"
     assert config["data"]["batch_size"] == 16
     assert config["stages"]["train"]["epochs"] == 30
     assert config["stages"]["train"]["optimizer"] == {"name": "adamw", "learning_rate": 1e-3,
@@ -63,20 +67,35 @@ def test_paper_preset_builds_regnety_16gf_over_64_frame_clips():
 
 
 def test_configured_focal_loss_equals_numpy():
+    """The paper preset's loss is the authors' code's (`CEFocalLoss` with
+    `distillation_loss=True`); `losses.form=keras` is Keras' focal cross-entropy."""
     rng = np.random.default_rng(2)
     logits = rng.normal(size=(3, 5, 8))
     probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
     labels = rng.integers(0, 8, size=(3, 5))
     labels[0, 3:] = -1  # padded steps
     labels[2, 1] = -1  # an unlabelled frame
-    loss = recipe(preset="paper").build_losses("train", None)["expr"]
-    value = float(loss(labels, probabilities.astype("float32")))
-
     valid = labels.reshape(-1) != -1
-    t = np.eye(8)[labels.reshape(-1)[valid]] * 0.9 + 0.1 / 8
+    one_hot = np.eye(8)[labels.reshape(-1)[valid]]
+    t = one_hot * 0.9 + 0.1 / 8
     p = np.clip(probabilities.reshape(-1, 8)[valid], 1e-7, 1 - 1e-7)
+
+    for preset in ("paper", "cpu_demo"):
+        loss = recipe(preset=preset).build_losses("train", None)["expr"]
+        assert isinstance(loss, losses.MaskedFocalKLLoss)
+        value = float(loss(labels, probabilities.astype("float32")))
+        ce = -(t * np.log(p)).sum(-1)
+        focal = 0.9 * (1 - (p * one_hot).sum(-1)) ** 2 * ce
+        kl = (t * (np.log(t) - np.log(p))).sum(-1)
+        assert value == pytest.approx(0.8 * focal.mean() + 0.2 * kl.mean(), rel=1e-5)
+
+    loss = recipe(["losses.form=keras"], preset="paper").build_losses("train", None)["expr"]
+    assert isinstance(loss, losses.MaskedFocalLoss)
+    value = float(loss(labels, probabilities.astype("float32")))
     expected = np.mean(-(0.9 * (1 - p) ** 2 * t * np.log(p)).sum(-1))
     assert value == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="expected one of"):
+        recipe(["losses.form=torch"]).build_losses("train", None)
 
 
 def test_plateau_of_the_validation_score_reduces_the_learning_rate():
@@ -97,6 +116,49 @@ def test_frozen_backbone_trains_only_the_clip_blocks_and_the_head():
     outside = [w for w in trained.trainable_weights
                if id(w) not in {id(v) for v in trained.backbone.weights}]
     assert len(frozen.trainable_weights) == len(outside) > 0
+
+
+def test_trainable_from_freezes_exactly_the_stem_and_the_first_stage():
+    """The paper's `trainable_from` on a tiny RegNet (two blocks per stage): every weight of
+    the stem and stage 1 is frozen, every other one trains; frozen BatchNorm runs in
+    inference mode (its moving statistics stay), the others still update theirs."""
+    sets = [s for s in TINY if not s.startswith("model.backbone=")] + [
+        'model.backbone={"name": "regnety_1.6gf", "depths": [2, 2, 1, 1], '
+        '"widths": [8, 16, 24, 32], "group_width": 8, "stem_width": 8}']
+    run = recipe(sets + ["trainable_from=stage2_block1_a_conv"])
+    model = run.build_model()
+    with pytest.raises(ValueError, match="would stay randomly initialised"):
+        run.check_frozen_layers(model)  # `run` refuses frozen random layers
+    backbone = model.backbone
+    frozen_part = {id(w) for layer in backbone.layers
+                   if layer.name.startswith(("stem_", "stage1_")) for w in layer.weights}
+    assert frozen_part
+    trainable = {id(w) for w in backbone.trainable_weights}
+    frozen = {id(w) for w in backbone.non_trainable_weights} - {
+        id(w) for layer in backbone.layers for w in layer.non_trainable_weights
+        if not layer.name.startswith(("stem_", "stage1_"))}  # other BatchNorm's moving stats
+    assert frozen == frozen_part and not trainable & frozen_part
+    later = {id(w) for layer in backbone.layers if layer.name.startswith(("stage2", "stage3",
+                                                                           "stage4"))
+             for w in layer.trainable_weights if layer.trainable}
+    assert later == trainable
+    # The whole network: the clip blocks and the head train too.
+    assert {id(w) for w in model.trainable_weights} & later == later
+
+    stem_bn, stage2_bn = backbone.get_layer("stem_bn"), backbone.get_layer("stage2_block1_a_bn")
+    before = [np.array(bn.moving_mean) for bn in (stem_bn, stage2_bn)]
+    frames = np.random.default_rng(0).random((4, 32, 32, 3)).astype("float32")
+    backbone(frames, training=True)
+    np.testing.assert_array_equal(np.array(stem_bn.moving_mean), before[0])
+    assert np.abs(np.array(stage2_bn.moving_mean) - before[1]).max() > 0
+    maps = np.random.default_rng(1).normal(2.0, 3.0, (4, 8, 8, 8)).astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(stem_bn(maps, training=True)),
+                               keras.ops.convert_to_numpy(stem_bn(maps, training=False)))
+
+    with pytest.raises(ValueError, match="trainable_from=null with train_backbone=false"):
+        recipe(TINY + ["train_backbone=false", "trainable_from=stage2_block1_a_conv"]).build_model()
+    with pytest.raises(ValueError, match="no layer named"):
+        recipe(TINY + ["trainable_from=stage9_block1_a_conv"]).build_model()
 
 
 def test_recipe_runs_end_to_end(demo_root, tmp_path):

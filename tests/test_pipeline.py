@@ -271,8 +271,7 @@ def test_default_augmentation_runs_and_is_seeded(data):
 
     def run(seed):
         ds = pipeline.frame_dataset(index, batch_size=4, image_size=SIZE, training=True,
-                                    augment=pipeline.default_augmentation(seed),
-                                    normalization=None)
+                                    augment=True, shuffle_seed=seed, normalization=None)
         return _collect(ds)[0]
 
     plain, _ = _collect(pipeline.frame_dataset(index, batch_size=4, image_size=SIZE,

@@ -5,7 +5,10 @@ Rows of the table:
     raw decode     tf.data read_file + decode_jpeg, parallel, batched: nothing else (the limit)
     pipeline eval  affectkit.data.pipeline.frame_dataset, unshuffled, normalised
     pipeline train the same, shuffled (seeded, full buffer), no augmentation
-    pipeline +aug  the same with default_augmentation (for information)
+    train +aug ... the same with an augmentation of affectkit.data.augmentation: "default"
+                   (data.augment: true), "phan2022" (flip, colour jitter) and "haider2022"
+                   (resize 1.02x + crop, jitter with hue, flip; the paper's frames are
+                   299 px, here --image-size); its ratio to "pipeline train" beside it
     per-item       keras.utils.PyDataset loading each frame with cv2 (imread, cvtColor,
                    float32, ImageNet normalisation), indexed batch by batch in this process
 
@@ -175,9 +178,10 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--epochs", type=int, default=9, help="timed epochs per method")
-    parser.add_argument("--aug-epochs", type=int, default=2,
-                        help="timed epochs of the (slow) augmentation row")
-    parser.add_argument("--no-augment-row", action="store_true")
+    parser.add_argument("--aug-epochs", type=int, default=None,
+                        help="timed epochs of each augmentation row (default: --epochs)")
+    parser.add_argument("--no-augment-row", action="store_true",
+                        help="leave out the augmentation rows")
     args = parser.parse_args(argv)
 
     tmp = None
@@ -202,12 +206,13 @@ def main(argv=None):
         "pipeline train": (pipeline.frame_dataset(index, training=True, **common), epoch_tf),
         "per-item PyDataset": (PerItemFrames(paths, labels, args.batch_size), epoch_pydataset),
     }
-    if not args.no_augment_row:
-        methods["pipeline train +aug"] = (
-            pipeline.frame_dataset(index, training=True,
-                                   augment=pipeline.default_augmentation(0), **common),
-            epoch_tf,
-        )
+    augmented = {} if args.no_augment_row else {
+        "train +aug default": "default", "train +aug phan2022": "phan2022",
+        "train +aug haider2022": "haider2022"}
+    for name, augment in augmented.items():
+        methods[name] = (pipeline.frame_dataset(index, training=True, augment=augment,
+                                                **common), epoch_tf)
+    aug_epochs = args.epochs if args.aug_epochs is None else args.aug_epochs
 
     print(f"data: {source}; {len(paths)} frames, batch {args.batch_size}, "
           f"{args.image_size}px, {os.cpu_count()} CPUs, TF {tf.__version__}, "
@@ -218,7 +223,7 @@ def main(argv=None):
     cpu = {name: [] for name in methods}
     for round_ in range(args.epochs):
         for name, (ds, run) in methods.items():
-            if name == "pipeline train +aug" and round_ >= args.aug_epochs:
+            if name in augmented and round_ >= aug_epochs:
                 continue
             start, start_cpu = time.perf_counter(), time.process_time()
             n = run(ds)
@@ -227,10 +232,11 @@ def main(argv=None):
 
     fps = {name: statistics.median(v) for name, v in times.items()}
     print(f"\n{'method':<22}{'frames/s (median)':>18}{'min':>9}{'max':>9}"
-          f"{'CPU us/frame':>14}")
+          f"{'CPU us/frame':>14}{'/ train':>9}")
     for name, values in times.items():
+        ratio = f"{fps[name] / fps['pipeline train']:>9.2f}" if name in augmented else ""
         print(f"{name:<22}{fps[name]:>18,.0f}{min(values):>9,.0f}{max(values):>9,.0f}"
-              f"{statistics.median(cpu[name]):>14.1f}")
+              f"{statistics.median(cpu[name]):>14.1f}{ratio}")
     slow = min(fps["pipeline eval"], fps["pipeline train"])
     best = {name: max(v) for name, v in times.items()}
     print()
@@ -244,7 +250,12 @@ def main(argv=None):
     print(f"CPU time per frame, raw / pipeline: eval "
           f"{cpu_us['raw decode'] / cpu_us['pipeline eval']:.2f}, train "
           f"{cpu_us['raw decode'] / cpu_us['pipeline train']:.2f}   (robust to other load)")
-    ok = slow >= 0.8 * fps["raw decode"] and slow >= 3 * fps["per-item PyDataset"]
+    missed = [augment for name, augment in augmented.items() if fps[name] < 2000]
+    if augmented:
+        print("augmented rows, median frames/s (target >= 2,000): "
+              + (f"missed by {', '.join(missed)}" if missed else "all met"))
+    ok = (slow >= 0.8 * fps["raw decode"] and slow >= 3 * fps["per-item PyDataset"]
+          and not missed)
     if tmp is not None:
         tmp.cleanup()
     return 0 if ok else 1

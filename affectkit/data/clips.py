@@ -27,7 +27,9 @@ last frame, and padded steps carry the missing markers. Which rows a clip may ho
 Each tf.data element decodes one clip's JPEGs (in parallel, OpenCV's pixels, as
 `affectkit.data.pipeline.frame_dataset`); frames whose size differs from `image_size` are
 resized (antialiased bilinear). Training shuffles whole clips (seeded; a new order each
-epoch), so labels travel with their frames.
+epoch), so labels travel with their frames, and may augment every frame on its own
+(`affectkit.data.augmentation`: each frame draws its own flip and jitter, as Phan et al.
+apply torchvision transforms per frame), from a seed per batch of clips.
 """
 
 from typing import NamedTuple
@@ -36,6 +38,7 @@ import numpy as np
 import tensorflow as tf
 
 from affectkit.data.affwild2 import FrameIndex, view_columns
+from affectkit.data.augmentation import augment_batch, augmentation_spec, batch_seeds
 from affectkit.data.pipeline import (TASKS, _check_tasks, _fused_normalizer, _image_paths,
                                      _probe_sizes, decode_frame)
 from affectkit.data.sequences import Segments, segment_indices, segment_labels
@@ -129,6 +132,7 @@ def clip_dataset(
     batch_size=16,
     view="aligned",
     training=False,
+    augment=None,
     shuffle_seed=0,
     cache=False,
     with_labels=True,
@@ -142,8 +146,11 @@ def clip_dataset(
         image_size: frame size; frames of another size are resized.
         batch_size: clips per batch.
         view: the view whose images are read (`"aligned"` or `"cropped"`).
-        training: shuffle the clips (seeded, a new order each epoch).
-        shuffle_seed: seed of the shuffle.
+        training: shuffle the clips (seeded, a new order each epoch) and apply `augment`.
+        augment: in training only, an augmentation of `affectkit.data.augmentation`
+            (`True`, a name such as `"phan2022"`, or a dict) applied to every frame on its
+            own, on 0..255 pixels before normalisation.
+        shuffle_seed: seed of the shuffle and of the augmentation draws.
         cache: keep the decoded uint8 clips in memory after the first epoch (small data
             only: with `stride < length` a frame is held once per clip it lies in).
         with_labels: yield `(frames, {task: labels})`; otherwise frames only.
@@ -157,13 +164,15 @@ def clip_dataset(
 
     Example:
     >>> clips = clip_segments(index, length=32, stride=8)
-    >>> ds = clip_dataset(clips, tasks=("expr",), image_size=64, batch_size=4, training=True)
+    >>> ds = clip_dataset(clips, tasks=("expr",), image_size=64, batch_size=4, training=True,
+    ...                   augment="phan2022")
     """
     tasks = _check_tasks(tasks)
     kept, segments = clips
     size = int(image_size)
     paths = _image_paths(kept, view, np.ones(len(kept.frames), bool))
     resize = _probe_sizes(paths) != {(size, size)}
+    spec = augmentation_spec(augment)
     normalize = _fused_normalizer(normalization)
     path_table = tf.constant(paths)
     row_table = tf.constant(segments.rows)
@@ -182,7 +191,11 @@ def clip_dataset(
                            fn_output_signature=frame_spec, parallel_iterations=4)
         return frames, clip
 
-    def finish(frames, clip_ids):
+    def finish(frames, clip_ids, seed=None):
+        if seed is not None:  # (B, T, H, W, 3) -> one image per frame and back
+            shape = tf.shape(frames)
+            frames = tf.reshape(augment_batch(tf.reshape(frames, (-1, size, size, 3)), spec,
+                                              seed), shape)
         images = normalize(frames)
         if not with_labels:
             return images
@@ -196,7 +209,13 @@ def clip_dataset(
         ds = ds.shuffle(len(segments), seed=shuffle_seed, reshuffle_each_iteration=True)
     if not cache:
         ds = ds.map(load_clip, num_parallel_calls=autotune, deterministic=True)
-    ds = ds.batch(batch_size).map(finish, num_parallel_calls=autotune, deterministic=True)
+    ds = ds.batch(batch_size)
+    if training and spec is not None:
+        ds = tf.data.Dataset.zip(ds, batch_seeds(shuffle_seed))
+        ds = ds.map(lambda clip, seed: finish(*clip, seed), num_parallel_calls=autotune,
+                    deterministic=True)
+    else:
+        ds = ds.map(finish, num_parallel_calls=autotune, deterministic=True)
     options = tf.data.Options()
     options.deterministic = True
     return ds.with_options(options).prefetch(autotune)

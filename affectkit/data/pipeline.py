@@ -12,8 +12,8 @@ Order of operations, cheapest first:
     row numbers -> shuffle (training; int64s only, so a full-size buffer is cheap)
       -> batch the row numbers
       -> per batch, batches in parallel: read + decode its JPEGs [+ resize, only if the
-         frames' size differs], gather its labels, (training: augment, one batch at a
-         time, on 0..255 pixels), normalise (cast and scale fused by XLA) -> prefetch
+         frames' size differs], gather its labels, (training: augment on 0..255
+         pixels), normalise (cast and scale fused by XLA) -> prefetch
 
 Decoding a batch per tf.data element instead of a frame per element removes the
 per-element overhead of tf.data (measured on 2 CPU cores: 0.80x -> 0.95x of the throughput
@@ -30,10 +30,13 @@ are decoded only, and a frame of another size stops the iteration with a shape e
 any differs (the `cropped` view), every frame is resized (antialiased bilinear, rounded to
 uint8). A per-frame size test would cost about 10 % of decoding throughput.
 
-Order is reproducible: the shuffle is seeded (`shuffle_seed`; a new order each epoch, the
-same sequence of orders for the same seed) and the parallel stages keep their input
-order (`deterministic=True`). Evaluation datasets are not shuffled, so predictions line
-up with `label_arrays(...)` and `frame_rows(...)` row for row.
+Order and augmentation are reproducible: the shuffle is seeded (`shuffle_seed`; a new
+order each epoch, the same sequence of orders for the same seed), each batch draws its
+augmentation from its own seed (`affectkit.data.augmentation.batch_seeds(shuffle_seed)`,
+zipped with the batches: a new draw each epoch, the same draws for the same seed), and
+the parallel stages keep their input order (`deterministic=True`). Evaluation datasets
+are not shuffled, so predictions line up with `label_arrays(...)` and `frame_rows(...)`
+row for row.
 """
 
 import inspect
@@ -42,6 +45,7 @@ import numpy as np
 import tensorflow as tf
 
 from affectkit.data.affwild2 import view_columns
+from affectkit.data.augmentation import augment_batch, augmentation_spec, batch_seeds
 
 TASKS = ("va", "expr", "au")
 MISSING_IMAGE_POLICIES = ("skip", "fill")
@@ -239,35 +243,6 @@ def _fused_normalizer(normalization):
     return _FUSED_NORMALIZERS[normalization]
 
 
-def default_augmentation(seed=0, value_range=(0, 255)):
-    """Face-safe augmentation from Keras core layers, applied to batches of 0..255 pixels.
-
-    Horizontal flip, rotation up to about 11 degrees, zoom and shift up to 10 % and 5 %,
-    brightness and contrast jitter of 20 %. Each layer is seeded from `seed`.
-
-    Example:
-    >>> aug = default_augmentation(seed=1)
-    >>> ds = frame_dataset(index, training=True, augment=aug)
-    """
-    import keras
-
-    return keras.Sequential(
-        [
-            keras.layers.RandomFlip("horizontal", seed=seed),
-            keras.layers.RandomRotation(0.03, fill_mode="reflect", seed=seed + 1),
-            keras.layers.RandomZoom(0.1, fill_mode="reflect", seed=seed + 2),
-            keras.layers.RandomTranslation(0.05, 0.05, fill_mode="reflect", seed=seed + 3),
-            keras.layers.RandomColorJitter(
-                value_range=value_range,
-                brightness_factor=0.2,
-                contrast_factor=0.2,
-                seed=seed + 4,
-            ),
-        ],
-        name="affectkit_augmentation",
-    )
-
-
 # ---------------------------------------------------------------------- dataset
 
 
@@ -306,9 +281,13 @@ def frame_dataset(
         view: `"aligned"` (`image_aligned`) or `"cropped"` (`image_cropped`); which
             frames have an image is that view's own (`affwild2.view_columns`).
         training: shuffle (seeded, reshuffled every epoch) and apply `augment`.
-        augment: Keras layer (or callable) applied per batch to 0..255 RGB float32
-            pixels before normalisation, in training only; see `default_augmentation`.
-        shuffle_seed: seed of the shuffle; the same seed gives the same orders.
+        augment: in training only, on 0..255 RGB pixels before normalisation: an
+            augmentation of `affectkit.data.augmentation` (`True` for `"default"`, a name
+            such as `"phan2022"`, or a dict; run in the parallel map, drawn per batch
+            from `shuffle_seed`), or your own Keras layer or callable, applied to float32
+            batches one batch at a time (Keras random layers hold a seed variable).
+        shuffle_seed: seed of the shuffle and of the augmentation draws; the same seed
+            gives the same orders and draws.
         missing_images: `"skip"` drops frames whose own image is absent in `view`;
             `"fill"` keeps every frame with an image of `view` to read (its
             `image_frame >= 0`; the path column then holds the nearest frame's image).
@@ -318,10 +297,10 @@ def frame_dataset(
         cache: `True` keeps decoded uint8 frames in memory after the first epoch
             (112x112: 37.6 KB per frame), a path string caches to that file;
             the shuffle then runs over the cached frames.
-        deterministic: `True` keeps the seeded order through the parallel stages and
-            augments one batch at a time, so that a seed reproduces a run. `False` lets
-            batches overtake each other and augments batches in parallel: faster with
-            augmentation on many cores, but neither order nor augmentation repeat.
+        deterministic: `True` keeps the seeded order through the parallel stages, so
+            that a seed reproduces a run. `False` lets batches overtake each other (each
+            keeps its augmentation draws) and runs a Keras-layer `augment` in parallel:
+            faster on many cores, but the order does not repeat.
 
     Returns:
         `tf.data.Dataset` yielding `images` `(B, H, W, 3)` float32 and a dict of labels:
@@ -330,8 +309,7 @@ def frame_dataset(
 
     Example:
     >>> index = FrameIndex.from_affwild2(root, "abaw3", split="train")
-    >>> ds = frame_dataset(index, batch_size=64, training=True,
-    ...                    augment=default_augmentation(seed=0))
+    >>> ds = frame_dataset(index, batch_size=64, training=True, augment="phan2022")
     >>> images, labels = next(iter(ds))
     """
     tasks = _check_tasks(tasks)
@@ -347,7 +325,9 @@ def frame_dataset(
     paths = _image_paths(index, view, mask)
     labels = label_arrays(index, tasks, missing_images, view)
     resize = _probe_sizes(paths) != {(height, width)}
-    augmenting = training and augment is not None
+    layer = augment if callable(augment) else None  # the user's own, stateful
+    spec = None if layer is not None else augmentation_spec(augment)
+    augmenting = training and (layer is not None or spec is not None)
     normalize = _fused_normalizer(normalization)
     autotune = tf.data.AUTOTUNE
     path_table = tf.constant(paths)
@@ -366,14 +346,16 @@ def frame_dataset(
                            fn_output_signature=frame_spec, parallel_iterations=4)
         return images, rows
 
-    def finish(images, rows):
+    def finish(images, rows, seed=None):
         batch_labels = {task: tf.gather(table, rows) for task, table in label_tables.items()}
-        if augmenting:
-            images = _apply_augment(augment, tf.cast(images, tf.float32))
+        if seed is not None:
+            images = augment_batch(images, spec, seed)
+        elif augmenting:
+            images = _apply_augment(layer, tf.cast(images, tf.float32))
         return normalize(images), batch_labels
 
-    def load_and_finish(rows):
-        return finish(*load_batch(rows))
+    def load_and_finish(rows, seed=None):
+        return finish(*load_batch(rows), seed)
 
     ds = tf.data.Dataset.range(len(paths))
     shuffle = lambda d: d.shuffle(  # noqa: E731
@@ -388,17 +370,21 @@ def frame_dataset(
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    # Keras random layers draw from a seed variable: one batch at a time keeps the
-    # augmentation reproducible (deterministic=True). Without augmentation every stage
-    # is pure and runs in parallel.
-    if augmenting:
+    if augmenting and spec is not None:
+        # Stateless draws from each batch's own seed: the batches run in parallel.
+        ds = tf.data.Dataset.zip(ds, batch_seeds(shuffle_seed))
+        step = (lambda batch, seed: finish(*batch, seed)) if cache else load_and_finish
+        ds = ds.map(step, num_parallel_calls=autotune, deterministic=deterministic)
+    elif augmenting:
+        # Keras random layers draw from a seed variable: one batch at a time keeps the
+        # augmentation reproducible (deterministic=True).
         if not cache:
             ds = ds.map(load_batch, num_parallel_calls=autotune, deterministic=deterministic)
         if deterministic:
             ds = ds.map(finish)
         else:
             ds = ds.map(finish, num_parallel_calls=autotune, deterministic=False)
-    elif cache:
+    elif cache:  # without augmentation every stage is pure and runs in parallel
         ds = ds.map(finish, num_parallel_calls=autotune, deterministic=deterministic)
     else:
         ds = ds.map(load_and_finish, num_parallel_calls=autotune, deterministic=deterministic)

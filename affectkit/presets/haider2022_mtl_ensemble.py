@@ -26,7 +26,9 @@ MODEL = {
 PAPER = {
     "edition": "abaw4",
     "seed": 0,
-    "weights": None,  # a local backbone weights file; None trains from scratch
+    # ImageNet InceptionV3 (keras.applications, converted: `affectkit convert-weights
+    # --name imagenet_inception_v3`); a path, or None to train from scratch (warned).
+    "weights": "imagenet_inception_v3",
     # Any Keras image model file (.keras / .h5) as the backbone, cut at `backbone_layer`
     # ('sub/layer' inside a nested model); set `model.normalization` to what it expects.
     "backbone_file": None,
@@ -34,15 +36,21 @@ PAPER = {
     # One model per view: `model.view` "aligned" (cropped_aligned/) or "cropped".
     "model": {},
     # The MTL file of the split where the edition has one, else the per-task folders.
-    "data": {"batch_size": 24, "augment": True, "annotations": "auto"},
+    # augment: Resize(1.02x), RandomCrop, RandomApply(ColorJitter(0.4, 0.4, 0.4, 0.1), 0.8),
+    # flip, of the ABAW3 winner's base code (REFERENCE.md section 6).
+    "data": {"batch_size": 24, "augment": "haider2022", "annotations": "auto"},
     # AU positive weights (negatives / positives per AU) and expression class weights
     # (largest class count / class count) from the training labels; None: unweighted.
     "losses": {"au_pos_weights": "auto", "expr_class_weights": "auto"},
     # One stage, SGD (momentum 0.9, lr 1e-3), 50 epochs. The VA loss is 1 - CCC per
-    # dimension summed: twice `MaskedCCCLoss`, their mean.
+    # dimension summed: twice `MaskedCCCLoss`, their mean. The learning rate follows the
+    # base code's CosineAnnealingLR(T_max=1e4) stepped every batch (periodic, as PyTorch's:
+    # it rises again after 1e4 batches; `optimizers.CosineAnnealing`).
     "stages": {
         "mtl": {"epochs": 50, "optimizer": {"name": "sgd", "learning_rate": 1e-3,
-                                            "momentum": 0.9},
+                                            "momentum": 0.9,
+                                            "schedule": {"name": "cosine_annealing",
+                                                         "t_max": 10000}},
                 "loss_weights": {"va": 2.0, "expr": 1.0, "au": 1.0}},
     },
     # Validation faces whose region attention maps `attention_maps.png` shows (0: none).
@@ -59,6 +67,7 @@ RUNS = {
     "cpu_demo": dict(
         PAPER,
         edition="abaw3",
+        weights=None,  # a tiny backbone, trained from scratch
         model={"image_size": 64, "normalization": "imagenet",
                "backbone": {"name": "resnet50", "depths": [1, 1], "stem_width": 32,
                             "widths": [64, 128], "bottleneck_widths": [16, 32]}},

@@ -37,18 +37,30 @@ MODEL = {
 PAPER = {
     "edition": "abaw3",
     "seed": 0,
-    "weights": None,  # a local RegNet weights file (ImageNet in the paper); None: random init
-    # False keeps the backbone fixed (only the sequence blocks and the classifier train).
-    # The paper trains it end to end: the backbone runs on every frame at each step.
+    # ImageNet RegNetY-1.6GF (torchvision, converted: `affectkit convert-weights --name
+    # imagenet_regnety_1.6gf`); a path, or None to train from scratch (with a warning).
+    "weights": "imagenet_regnety_1.6gf",
+    # False keeps the whole backbone fixed (only the sequence blocks and the classifier
+    # train). trainable_from: the first backbone layer that trains, the ones before it
+    # frozen (their BatchNorm in inference mode); null: all train. The paper's code trains
+    # RegNet's stages 2-4 with the stem and stage 1 frozen (the backbone runs on every frame
+    # at each step).
     "train_backbone": True,
+    "trainable_from": "stage2_block1_a_conv",
     "model": {},
     # batch_size: clips per batch. clip_frames: "all" or "labelled" (see above).
     # train_stride: frames between training clip starts (None: no overlap); validation and
     # prediction clips never overlap. cache_frames: keep the decoded clips in memory.
+    # augment: per frame, RandomHorizontalFlip(0.5) and ColorJitter(0.5, 0.25, 0.25) of the
+    # authors' code (REFERENCE.md section 6; `affectkit.data.augmentation`).
     "data": {"batch_size": 16, "annotations": "per_task", "clip_frames": "all",
-             "train_stride": None, "cache_frames": False},
-    # Focal loss (alpha 0.9, gamma 2) with label smoothing 0.1.
-    "losses": {"focal_alpha": 0.9, "focal_gamma": 2.0, "label_smoothing": 0.1},
+             "train_stride": None, "cache_frames": False, "augment": "phan2022"},
+    # Focal loss (alpha 0.9, gamma 2) with label smoothing 0.1. form "authors": as the
+    # authors' code computes it (`losses.MaskedFocalKLLoss`), focal_weight x the focal
+    # term + kl_weight x the KL divergence from the smoothed labels; "keras": Keras' focal
+    # cross-entropy (`losses.MaskedFocalLoss`, the weights unused).
+    "losses": {"form": "authors", "focal_alpha": 0.9, "focal_gamma": 2.0,
+               "label_smoothing": 0.1, "focal_weight": 0.8, "kl_weight": 0.2},
     # AdamW (lr 1e-3, weight decay 5e-5), 30 epochs, the learning rate reduced on plateau
     # of the validation macro-F1; the paper gives no plateau settings, these are PyTorch's
     # `ReduceLROnPlateau` defaults.
@@ -63,9 +75,12 @@ PAPER = {
 RUNS = {
     "paper": PAPER,
     # A tiny RegNet at 64 px over 32-frame clips: trains from scratch on the default demo
-    # data (`affectkit demo-data`) in a few minutes on 2 CPU cores.
+    # data (`affectkit demo-data`) in a few minutes on 2 CPU cores, every layer trained (a
+    # random stem would stay random if frozen). The authors' form of the loss, as the paper.
     "cpu_demo": dict(
         PAPER,
+        trainable_from=None,
+        weights=None,
         model={"image_size": 64, "sequence_length": 32,
                "backbone": {"depths": [1, 1, 1, 1], "widths": [16, 32, 48, 64],
                             "group_width": 8, "stem_width": 16}},

@@ -15,6 +15,7 @@ and per-frame predictions are made. Its presets are plain dicts in `affectkit.pr
 import abc
 import copy
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -23,11 +24,12 @@ import tensorflow as tf
 from affectkit import metrics, presets
 from affectkit.data.affwild2 import AnnotationNotFoundError, FrameIndex
 from affectkit.data.clips import clip_dataset, clip_labels, clip_segments, predict_clip_frames
-from affectkit.data.pipeline import default_augmentation, frame_dataset, label_arrays
+from affectkit.data.pipeline import frame_dataset, label_arrays
 from affectkit.data.sequences import (segment_dataset, segment_indices, segment_labels,
                                       video_runs, window_dataset)
 from affectkit.labels import get_schema
 from affectkit.models.affect_model import AffectModel
+from affectkit.models.backbones.pretrained import conversion_command, resolve_weights
 from affectkit.training import run_directory
 from affectkit.training.optimizers import build_optimizer
 from affectkit.training.trainer import Trainer, predict_arrays
@@ -58,6 +60,8 @@ class Recipe(abc.ABC):
     """
 
     name = None
+    # Where the config names the backbone's pretrained weights (dotted).
+    weights_key = "weights"
     # The tasks whose annotations make up the index (`index`); None: the model's tasks.
     index_tasks = None
 
@@ -145,9 +149,8 @@ class Recipe(abc.ABC):
         common = dict(tasks=self.tasks, batch_size=data["batch_size"],
                       image_size=self.model_config["image_size"],
                       view=self.model_config.get("view", "aligned"), normalization="unit")
-        augment = default_augmentation(self.config["seed"]) if data.get("augment") else None
         train_ds = frame_dataset(train_index, training=True, shuffle_seed=self.config["seed"],
-                                 augment=augment, **common)
+                                 augment=data.get("augment"), **common)
         val_ds = frame_dataset(val_index, **common)
         return train_ds, val_ds, label_arrays(val_index, self.tasks, view=common["view"])
 
@@ -187,7 +190,8 @@ class Recipe(abc.ABC):
         common = dict(tasks=self.tasks, image_size=self.model_config["image_size"],
                       batch_size=data["batch_size"], view=view,
                       cache=data.get("cache_frames", False))
-        train_ds = clip_dataset(train, training=True, shuffle_seed=self.config["seed"], **common)
+        train_ds = clip_dataset(train, training=True, shuffle_seed=self.config["seed"],
+                                augment=data.get("augment"), **common)
         val_ds = clip_dataset(val, **common)
         return train_ds, val_ds, clip_labels(val, self.tasks, view)
 
@@ -335,6 +339,39 @@ class Recipe(abc.ABC):
         dataset, segments = self.segment_dataset(index, sources)
         return segments.to_rows(predict_arrays(model, dataset, self.tasks), len(index.frames))
 
+    def named_weights(self, config):
+        """The pretrained weights `config` names at `weights_key` (a name, a path or None)."""
+        for part in self.weights_key.split("."):
+            config = (config or {}).get(part)
+        return config
+
+    def check_weights(self):
+        """Raises unless the config's `weights` (a name or a path) is a local file; warns
+        when the `paper` preset, which names the weights the paper fine-tunes, trains its
+        backbone from random initialisation instead."""
+        key = self.weights_key
+        weights = self.named_weights(self.config)
+        resolve_weights(weights, key)
+        expected = self.named_weights(presets.resolve(self.name, "paper"))
+        if self.preset == "paper" and expected and not weights:
+            warnings.warn(
+                f"{self.name} paper preset with {key}=null: the backbone trains from random "
+                f"initialisation; the paper fine-tunes pretrained weights ({expected!r}: "
+                f"{conversion_command(expected)}).", stacklevel=2)
+
+    def check_frozen_layers(self, network):
+        """Refuses a network whose backbone has frozen layers but no pretrained weights:
+        those layers would stay randomly initialised."""
+        backbone = getattr(network, "backbone", None)
+        frozen = [layer.name for layer in getattr(backbone, "layers", [])
+                  if layer.weights and not layer.trainable]
+        if frozen and not self.config.get("weights"):
+            raise ValueError(
+                f"{self.name}: {len(frozen)} backbone layers are frozen ({frozen[0]}, ...), "
+                "but weights is null: they would stay randomly initialised. Expected "
+                "weights (a local file or a name, see `affectkit convert-weights`), or "
+                "settings that train every backbone layer (e.g. trainable_from=null).")
+
     def build_model(self):
         """The run's `AffectModel`: the paper's preset with the run's overrides."""
         overrides = {k: v for k, v in self.model_config.items() if k != "schema"}
@@ -368,6 +405,7 @@ class Recipe(abc.ABC):
 
         run_directory.write_run_config(self.out, self.name, self.preset, self.config,
                                        self.data, self.schema)
+        self.check_weights()
         keras.utils.set_random_seed(self.config["seed"])
         self.prepare()
         train_index, val_index = self.run_indexes()
@@ -378,6 +416,7 @@ class Recipe(abc.ABC):
         with trainer.strategy.scope():
             if network is None:
                 network = self.build_model()
+            self.check_frozen_layers(network)
             self.adapt_model(network)
             trained = self.training_model(network)
         for stage, settings in self.config["stages"].items():

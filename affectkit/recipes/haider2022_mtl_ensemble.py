@@ -4,7 +4,9 @@ What the paper adds to the shared run: its losses (AU binary cross-entropy with 
 positive weights and expression cross-entropy with class weights, both computed from the
 training labels, and 1 - CCC per VA dimension summed), the region attention maps of a few
 validation faces (`attention_maps.png`), and, optionally, any Keras image model file as
-the backbone (`backbone_file`, `backbone_layer`). Network and settings:
+the backbone (`backbone_file`, `backbone_layer`). The base code's learning rate, cosine
+annealing stepped every batch, is the stage's optimizer `schedule`
+(`affectkit.training.optimizers.CosineAnnealing`). Network and settings:
 `affectkit.presets.haider2022_mtl_ensemble`.
 
 One model is trained per view (`--set model.view=aligned` or `cropped`); the paper's

@@ -207,11 +207,14 @@ class MultimodalEnsembleRecipe(Recipe):
                              rdrop=self.config["losses"]["rdrop"])
 
     def build_losses(self, stage, train_labels):
-        """R-Drop (eq. 4, `losses.rdrop_alpha`); masked cross-entropy with `losses.rdrop`
-        off. Labels -1 (and padding) are left out."""
+        """R-Drop (eq. 4, `losses.rdrop_alpha`, its KL averaged or summed over the labelled
+        frames by `losses.rdrop_kl_reduction`, default `"mean"`); masked cross-entropy with
+        `losses.rdrop` off. Labels -1 (and padding) are left out."""
         settings = self.config["losses"]
         if settings["rdrop"]:
-            return {"expr": losses.RDropLoss(alpha=settings["rdrop_alpha"])}
+            return {"expr": losses.RDropLoss(
+                alpha=settings["rdrop_alpha"],
+                kl_reduction=settings.get("rdrop_kl_reduction", "mean"))}
         return {"expr": losses.MaskedCategoricalCrossentropy()}
 
     def predict_frames(self, model, index):

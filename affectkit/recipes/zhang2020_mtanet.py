@@ -2,7 +2,9 @@
 
 What the paper adds to the shared run: its losses (1 - mean CCC, binary and categorical
 cross-entropy, all masked) and two stages, the plain sum of the losses (Adam), then learned
-uncertainty weights (SGD). Network and settings: `affectkit.presets.zhang2020_mtanet`.
+uncertainty weights (SGD), each with the paper's (PyTorch) weight decay, the coupled L2
+term of the optimizer spec's `l2` (`affectkit.training.optimizers.CoupledL2`). Network and
+settings: `affectkit.presets.zhang2020_mtanet`.
 """
 
 from affectkit import losses
