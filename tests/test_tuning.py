@@ -262,11 +262,12 @@ def test_trials_on_cached_features_share_one_cache(demo_root, tmp_path):
     logs = [open(os.path.join(out, run, "log.txt")).read() for run in results["run_dir"]]
     trained = ["[face] using the face model" not in log for log in logs]
     assert trained == [True, False]
-    # The second trial found every video of both splits in the cache: nothing extracted.
+    # The first trial extracted every video (each from its out-of-fold face model); the
+    # second found them all in the cache: nothing extracted.
     extracted = [[int(n) for n in re.findall(r"Extracting features of (\d+) videos", log)]
                  for log in logs]
-    assert len(extracted[0]) == 2 and min(extracted[0]) > 0
-    assert extracted[1] == [0, 0]
+    assert extracted[0] and min(extracted[0]) > 0
+    assert not any(extracted[1])
 
 
 def _free_port():
