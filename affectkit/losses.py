@@ -305,8 +305,38 @@ class MaskedBinaryCrossentropy(_MaskedLoss):
         }
 
 
+class _FocalLoss(_MaskedLoss):
+    """What the focal losses share: alpha, gamma, label smoothing and `from_logits`, and
+    the labelled rows with their smoothed targets and log-probabilities."""
+
+    def __init__(self, alpha, gamma, label_smoothing, from_logits, name, reduction, dtype):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.alpha = [float(a) for a in alpha] if isinstance(alpha, (list, tuple)) else float(alpha)
+        self.gamma = float(gamma)
+        self.label_smoothing = float(label_smoothing)
+        self.from_logits = bool(from_logits)
+
+    def smoothed_rows(self, y_true, y_pred, sample_weight):
+        """`(labels, smoothed one-hot targets, log-probabilities, valid)` of the rows."""
+        labels, predictions, valid = class_rows(y_true, y_pred, sample_weight)
+        targets = _smoothed_one_hot(labels, predictions.shape[-1], self.label_smoothing,
+                                    predictions.dtype)
+        return labels, targets, _log_probabilities(predictions, self.from_logits), valid
+
+    def get_config(self):
+        return {
+            "alpha": self.alpha,
+            "gamma": self.gamma,
+            "label_smoothing": self.label_smoothing,
+            "from_logits": self.from_logits,
+            "name": self.name,
+            "reduction": self.reduction,
+            "dtype": self.dtype,
+        }
+
+
 @keras.saving.register_keras_serializable(package="affectkit")
-class MaskedFocalLoss(_MaskedLoss):
+class MaskedFocalLoss(_FocalLoss):
     """Multi-class focal loss (Lin et al. 2017) on integer labels with label smoothing.
 
     The focal loss the paper of Phan et al. 2022 names (alpha 0.9, gamma 2, label
@@ -328,46 +358,21 @@ class MaskedFocalLoss(_MaskedLoss):
     >>> loss([1, -1], [[0.2, 0.7, 0.1], [0.3, 0.3, 0.4]])
     """
 
-    def __init__(
-        self,
-        alpha=0.25,
-        gamma=2.0,
-        label_smoothing=0.0,
-        from_logits=False,
-        name="masked_focal_loss",
-        reduction="sum_over_batch_size",
-        dtype=None,
-    ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.alpha = [float(a) for a in alpha] if isinstance(alpha, (list, tuple)) else float(alpha)
-        self.gamma = float(gamma)
-        self.label_smoothing = float(label_smoothing)
-        self.from_logits = bool(from_logits)
+    def __init__(self, alpha=0.25, gamma=2.0, label_smoothing=0.0, from_logits=False,
+                 name="masked_focal_loss", reduction="sum_over_batch_size", dtype=None):
+        super().__init__(alpha=alpha, gamma=gamma, label_smoothing=label_smoothing,
+                         from_logits=from_logits, name=name, reduction=reduction, dtype=dtype)
 
     def call(self, y_true, y_pred, sample_weight=None):
-        labels, predictions, valid = class_rows(y_true, y_pred, sample_weight)
-        num_classes = predictions.shape[-1]
-        targets = _smoothed_one_hot(labels, num_classes, self.label_smoothing, predictions.dtype)
-        log_p = _log_probabilities(predictions, self.from_logits)
+        labels, targets, log_p, valid = self.smoothed_rows(y_true, y_pred, sample_weight)
         p = ops.exp(log_p)
-        alpha = ops.convert_to_tensor(self.alpha, dtype=predictions.dtype)
+        alpha = ops.convert_to_tensor(self.alpha, dtype=log_p.dtype)
         per_row = -ops.sum(alpha * ops.power(1.0 - p, self.gamma) * targets * log_p, axis=-1)
         return safe_ratio(ops.sum(valid * per_row), ops.sum(valid))
 
-    def get_config(self):
-        return {
-            "alpha": self.alpha,
-            "gamma": self.gamma,
-            "label_smoothing": self.label_smoothing,
-            "from_logits": self.from_logits,
-            "name": self.name,
-            "reduction": self.reduction,
-            "dtype": self.dtype,
-        }
-
 
 @keras.saving.register_keras_serializable(package="affectkit")
-class MaskedFocalKLLoss(_MaskedLoss):
+class MaskedFocalKLLoss(_FocalLoss):
     """Focal-weighted smoothed cross-entropy plus the KL divergence from the smoothed labels.
 
     The expression loss of Phan et al. 2022 as their code computes it (`CEFocalLoss` with
@@ -401,37 +406,23 @@ class MaskedFocalKLLoss(_MaskedLoss):
     >>> loss([1, -1], [[0.2, 0.7, 0.1], [0.3, 0.3, 0.4]])
     """
 
-    def __init__(
-        self,
-        alpha=0.9,
-        gamma=2.0,
-        label_smoothing=0.1,
-        focal_weight=0.8,
-        kl_weight=0.2,
-        from_logits=False,
-        name="masked_focal_kl_loss",
-        reduction="sum_over_batch_size",
-        dtype=None,
-    ):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.alpha = [float(a) for a in alpha] if isinstance(alpha, (list, tuple)) else float(alpha)
-        self.gamma = float(gamma)
-        self.label_smoothing = float(label_smoothing)
+    def __init__(self, alpha=0.9, gamma=2.0, label_smoothing=0.1, focal_weight=0.8,
+                 kl_weight=0.2, from_logits=False, name="masked_focal_kl_loss",
+                 reduction="sum_over_batch_size", dtype=None):
+        super().__init__(alpha=alpha, gamma=gamma, label_smoothing=label_smoothing,
+                         from_logits=from_logits, name=name, reduction=reduction, dtype=dtype)
         self.focal_weight = float(focal_weight)
         self.kl_weight = float(kl_weight)
-        self.from_logits = bool(from_logits)
 
     def call(self, y_true, y_pred, sample_weight=None):
-        labels, predictions, valid = class_rows(y_true, y_pred, sample_weight)
-        num_classes = predictions.shape[-1]
-        targets = _smoothed_one_hot(labels, num_classes, self.label_smoothing, predictions.dtype)
-        log_p = _log_probabilities(predictions, self.from_logits)
+        labels, targets, log_p, valid = self.smoothed_rows(y_true, y_pred, sample_weight)
+        num_classes = log_p.shape[-1]
         log_p_label = ops.take_along_axis(log_p, ops.expand_dims(labels, -1), axis=-1)[:, 0]
         if isinstance(self.alpha, list):
             if len(self.alpha) != num_classes:
                 raise ValueError(f"{self.name}: {len(self.alpha)} alpha weights for "
                                  f"{num_classes} classes.")
-            alpha = ops.take(ops.convert_to_tensor(self.alpha, dtype=predictions.dtype), labels)
+            alpha = ops.take(ops.convert_to_tensor(self.alpha, dtype=log_p.dtype), labels)
         else:
             alpha = self.alpha
         cross_entropy = -ops.sum(targets * log_p, axis=-1)
@@ -445,17 +436,8 @@ class MaskedFocalKLLoss(_MaskedLoss):
         return safe_ratio(ops.sum(valid * per_row), ops.sum(valid))
 
     def get_config(self):
-        return {
-            "alpha": self.alpha,
-            "gamma": self.gamma,
-            "label_smoothing": self.label_smoothing,
-            "focal_weight": self.focal_weight,
-            "kl_weight": self.kl_weight,
-            "from_logits": self.from_logits,
-            "name": self.name,
-            "reduction": self.reduction,
-            "dtype": self.dtype,
-        }
+        return {**super().get_config(), "focal_weight": self.focal_weight,
+                "kl_weight": self.kl_weight}
 
 
 @keras.saving.register_keras_serializable(package="affectkit")

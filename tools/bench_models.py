@@ -69,16 +69,18 @@ BATCHES = {
 }
 
 
-def random_inputs(network, batch, length, rng):
-    """Random inputs of `network` (`AffectModel`): images and clips RGB in [0, 1], features
-    standard normal, `valid` all True; a `None` time axis has `length` frames."""
+def random_inputs(network, batch, length, rng, kind=None):
+    """Random inputs of `network` (`AffectModel`, or any model of input `kind`): images and
+    clips RGB in [0, 1], features standard normal, `valid` all True; a `None` time axis has
+    `length` frames."""
+    kind = kind or network.input_kind
     specs = network.input if isinstance(network.input, dict) else {None: network.input}
     x = {}
     for name, spec in specs.items():
         shape = (batch,) + tuple(length if d is None else d for d in spec.shape[1:])
         if spec.dtype == "bool":
             x[name] = np.ones(shape, bool)
-        elif network.input_kind == "features":
+        elif kind == "features":
             x[name] = rng.normal(size=shape).astype("float32")
         else:
             x[name] = rng.uniform(0, 1, shape).astype("float32")

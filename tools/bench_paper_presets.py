@@ -160,22 +160,6 @@ def _frame_label_shapes(network, frames):
             for task, tensor in network.output.items()}
 
 
-def _synthetic_inputs(network, kind, batch, length, rng):
-    """A batch of the network's inputs: images and clips RGB in [0, 1], features standard
-    normal, `valid` all True; a `None` time axis gets `length` frames."""
-    specs = network.input if isinstance(network.input, dict) else {None: network.input}
-    x = {}
-    for name, spec in specs.items():
-        shape = (batch,) + tuple(length if d is None else d for d in spec.shape[1:])
-        if spec.dtype == "bool":
-            x[name] = np.ones(shape, bool)
-        elif kind == "features":
-            x[name] = rng.normal(size=shape).astype("float32")
-        else:
-            x[name] = rng.uniform(0, 1, shape).astype("float32")
-    return x[None] if None in x else x
-
-
 def _face_setup(recipe, config, batch_size):
     """do2020 phase (a): the face model as `StatTemporalRecipe.train_face_model` trains it
     (an `expr` output of the softmax), its loss, optimizer spec and batch size."""
@@ -311,7 +295,9 @@ def measure(network_name, setting, preset, batch_size, steps, warmup):
                           jit_compile=trainer.jit_compile)
             model.build()
     network, kind, batch = setup["network"], setup["kind"], setup["batch"]
-    x = _synthetic_inputs(network, kind, batch, setup["length"], rng)
+    from bench_models import random_inputs  # tools/, on the path of this script
+
+    x = random_inputs(network, batch, setup["length"], rng, kind=kind)
     y = _synthetic_labels(_label_shapes(network, (batch, setup["length"])), rng)
     y = {task: y[task] for task in setup["losses"]}
     frames, labelled, unit, description = _counts(network, kind, x, batch)

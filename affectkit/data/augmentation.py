@@ -274,7 +274,7 @@ def _bilinear_taps(source, size):
 
 
 @functools.cache
-def _xla_on_cpu():
+def xla_on_cpu():
     """Whether XLA compiles on this build's CPU, where tf.data runs."""
     try:
         with tf.device("/CPU:0"):
@@ -293,7 +293,7 @@ def _stage(function):
 
     @functools.wraps(function)
     def run(*args):
-        return (compiled if _xla_on_cpu() else function)(*args)
+        return (compiled if xla_on_cpu() else function)(*args)
 
     return run
 

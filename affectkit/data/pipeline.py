@@ -45,7 +45,8 @@ import numpy as np
 import tensorflow as tf
 
 from affectkit.data.affwild2 import view_columns
-from affectkit.data.augmentation import augment_batch, augmentation_spec, batch_seeds
+from affectkit.data.augmentation import (augment_batch, augmentation_spec, batch_seeds,
+                                        xla_on_cpu)
 
 TASKS = ("va", "expr", "au")
 MISSING_IMAGE_POLICIES = ("skip", "fill")
@@ -233,13 +234,10 @@ def _fused_normalizer(normalization):
         def normalize(images):
             return normalize_images(images, normalization)
 
-        fused = tf.function(normalize, jit_compile=True, reduce_retracing=True)
-        try:  # tf.data runs on the CPU: check that XLA compiles there
-            with tf.device("/CPU:0"):
-                fused(tf.zeros((1, 2, 2, 3), tf.uint8))
-        except Exception:  # no XLA for this device or build: plain TF ops
-            fused = normalize
-        _FUSED_NORMALIZERS[normalization] = fused
+        # tf.data runs on the CPU: plain TF ops where XLA does not compile there.
+        _FUSED_NORMALIZERS[normalization] = (
+            tf.function(normalize, jit_compile=True, reduce_retracing=True)
+            if xla_on_cpu() else normalize)
     return _FUSED_NORMALIZERS[normalization]
 
 
