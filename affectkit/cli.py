@@ -257,6 +257,46 @@ def _train(args):
           "plots, predictions/)")
 
 
+def _predict_arguments(parser):
+    parser.add_argument("--model", required=True,
+                        help="a run directory of `affectkit train` or a model.keras file")
+    parser.add_argument("--input", required=True, nargs="+", metavar="PATH",
+                        help="videos, images, or folders of them")
+    parser.add_argument("--out", required=True, help="folder for <name>.csv per input")
+    parser.add_argument("--detector", default="blazeface", choices=("blazeface", "mtcnn"),
+                        help="face detector (weights ship in its pip package; default blazeface)")
+    parser.add_argument("--every", type=int, default=1, metavar="K",
+                        help="detect faces every K frames and track them in between (default 1)")
+    parser.add_argument("--batch-size", type=int, default=32, help="faces per model call")
+    parser.add_argument("--submission", action="store_true",
+                        help="also write ABAW prediction files for Aff-Wild2-named videos")
+    parser.add_argument("--plots", action="store_true",
+                        help="also write PNGs: valence/arousal, expressions, AU heatmap")
+    parser.add_argument("--overlay", action="store_true",
+                        help="also write an annotated MP4 per video")
+
+
+def _predict(args):
+    from affectkit.inference.prediction_files import predict_to_files
+    from affectkit.inference.predictor import FacePredictor
+
+    predictor = FacePredictor(args.model, detector=args.detector, every=args.every,
+                              batch_size=args.batch_size)
+    summary = predict_to_files(predictor, args.input, args.out, submission=args.submission,
+                               plots=args.plots, overlay=args.overlay)
+    for path in summary.written:
+        print(f"Predictions: {path}")
+    for path in summary.skipped:
+        print(f"Already done (skipped): {path}")
+    for key, value in summary.files.items():
+        shown = value if isinstance(value, (str, list)) else sorted(set(value.values()))
+        print(f"{key}: {', '.join(shown) if isinstance(shown, list) else shown}")
+    print("\n".join(summary.lines()))
+    if summary.failed:
+        raise ValueError(f"{len(summary.failed)} of {len(summary.failed) + len(summary.written) + len(summary.skipped)} "
+                         "inputs failed (listed above).")
+
+
 def _tune_arguments(parser):
     from affectkit import presets
     from affectkit.tuning.search import TUNERS
@@ -417,6 +457,9 @@ COMMANDS = (
             uses_tensorflow=True),
     Command("tune", "search a recipe's hyperparameters with KerasTuner (resumes when rerun; "
             "chief/worker through KERASTUNER_* variables)", _tune_arguments, _tune,
+            uses_tensorflow=True),
+    Command("predict", "run a trained model on videos and images: faces -> per-frame "
+            "affect CSV (plots, overlay, ABAW submission)", _predict_arguments, _predict,
             uses_tensorflow=True),
     Command("ensemble", "average (or vote) finished runs' validation predictions and score "
             "them", _ensemble_arguments, _ensemble, uses_tensorflow=True),

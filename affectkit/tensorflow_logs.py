@@ -44,6 +44,8 @@ _NOISE_LINES = tuple(
         "I" + _ABSL_HEADER + r".*",
         r"To enable the following instructions: .*rebuild TensorFlow with the appropriate "
         r"compiler flags\.\s*",
+        # TensorFlow Lite's interpreter (BlazeFace in `affectkit predict`), once per model.
+        r"INFO: Created TensorFlow Lite XNNPACK delegate for CPU\.\s*",
         "E" + _ABSL_HEADER + r"remapper failed: INVALID_ARGUMENT: Mutation::Apply error: "
         r"fanout '[^']*/LeakyReluGrad' exist for missing node '[^']*/BiasAdd'\.\s*",
     )
@@ -51,7 +53,8 @@ _NOISE_LINES = tuple(
 _NO_CUDA_DRIVER = re.compile(("I" + _ABSL_HEADER + r"Could not find cuda drivers").encode())
 _CUINIT_FAILED = re.compile(("E" + _ABSL_HEADER + r"failed call to cuInit: .*").encode())
 # Starts of the lines above: a partial line that may still become one is held back.
-_LITERAL_STARTS = (b"WARNING: All log messages before absl", b"To enable the following instructions")
+_LITERAL_STARTS = (b"WARNING: All log messages before absl", b"To enable the following instructions",
+                   b"INFO: Created TensorFlow Lite XNNPACK delegate")
 _HEADER_SHAPE = b"L0000 00:00:0"  # L: a log level letter, 0: a digit
 
 

@@ -31,6 +31,7 @@ NOISE = [
     b"INVALID_ARGUMENT: Mutation::Apply error: fanout 'StatefulPartitionedCall/gradient_tape/"
     b"mtanet_1/neck_max_lrelu_1/LeakyRelu/LeakyReluGrad' exist for missing node "
     b"'StatefulPartitionedCall/mtanet_1/neck_max_conv_1/BiasAdd'.\n",
+    b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n",
 ]
 KEPT = [
     b"Traceback (most recent call last):\n",

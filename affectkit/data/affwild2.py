@@ -53,6 +53,32 @@ MTL_SUBMISSION_HEADER = "image,valence,arousal,expression,aus"
 VIEW_FOLDERS = {"aligned": "cropped_aligned", "cropped": "cropped"}
 VIEWS = tuple(VIEW_FOLDERS)
 
+# Face geometry of the views (REFERENCE section 7), shared by the demo writer and by
+# `affectkit.inference`, which cuts the same views out of new videos. `cropped_aligned`
+# faces are aligned by a similarity transform from five landmarks to ArcFace's 112x112
+# template: pixel positions in a 112-pixel image, named as seen in the image (`left_eye`
+# has the smaller x). `mouth` is the centre of the mouth (BlazeFace gives that point only).
+ALIGNED_LANDMARKS_112 = {
+    "left_eye": (38.2946, 51.6963),
+    "right_eye": (73.5318, 51.5014),
+    "nose": (56.0252, 71.7366),
+    "mouth_left": (41.5493, 92.3655),
+    "mouth_right": (70.7299, 92.2041),
+    "mouth": (56.1396, 92.2848),
+}
+# The `cropped` view: an upright square on the centre of the aligned square, CONTEXT_SCALE
+# times its side (the face with some context around it).
+CONTEXT_SCALE = 1.5
+
+
+def aligned_landmarks(size, names=("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")):
+    """Template positions `(len(names), 2)` of the named landmarks in a `size`-pixel aligned face.
+
+    >>> aligned_landmarks(224, ["nose"]).round(2).tolist()
+    [[112.05, 143.47]]
+    """
+    return np.array([ALIGNED_LANDMARKS_112[n] for n in names], np.float64) * (size / 112.0)
+
 
 def _check_split(split):
     if split not in ("train", "val"):
