@@ -141,12 +141,14 @@ def test_command_writes_files_skips_done_ones_and_reports_bad_input(tiny_model, 
     video, _ = leaving_video
     os.symlink(video, folder / "leaving.mp4")
     (folder / "broken.mp4").write_text("not a video\n")
+    (folder / "e_broken.jpg").write_bytes(b"\xff\xd8 not a JPEG")
     out = tmp_path / "out"
     result = _affectkit("predict", "--model", tiny_model, "--input", str(folder), "--out",
                         str(out), "--plots", "--overlay", "--every", "2")
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert "broken.mp4" in result.stdout + result.stderr
+    assert "e_broken.jpg" in result.stdout  # skipped, the folder's other images kept
     table = pd.read_csv(out / "leaving.csv")
     assert list(table.columns) == prediction_columns(get_schema("abaw3"), ("va", "expr", "au"))
     assert table.frame.tolist() == list(range(1, 49))

@@ -113,7 +113,9 @@ def predict_to_files(predictor, paths, out, submission=False, plots=False, overl
 def _predict_input(predictor, item, csv_path, out, overlay, progress):
     """Writes one input's CSV (and overlay); returns its number of frames."""
     if item.kind == "images":
-        table = predictor.predict_images(item.files)
+        table = predictor.predict_images(item.files, skip_unreadable=len(item.files) > 1)
+        for warning in predictor.warnings:
+            print(warning)
         tmp = f"{csv_path}.part"
         table.to_csv(tmp, index=False, float_format="%.6g")
         os.replace(tmp, csv_path)

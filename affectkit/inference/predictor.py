@@ -124,6 +124,7 @@ class FacePredictor:
             lambda x: self.model(tf.cast(x, tf.float32) / 255.0, training=False),
             input_signature=[tf.TensorSpec(shape, tf.uint8)])
         self.timings = dict.fromkeys(("decode", "detect", "align", "model"), 0.0)
+        self.warnings = []
 
     # --- rows -----------------------------------------------------------------------------
 
@@ -249,12 +250,16 @@ class FacePredictor:
             rows = [row for batch in self.iter_rows(reader, on_frame=on_frame) for row in batch]
         return self.table(rows)
 
-    def predict_images(self, paths):
-        """The rows of each image (a face per row; `frame` numbers the images in order)."""
-        sequence = ImageSequence([os.fspath(p) for p in paths])
+    def predict_images(self, paths, skip_unreadable=False):
+        """The rows of each image (a face per row; `frame` numbers the images in order).
+
+        An unreadable image raises ValueError naming it, or with `skip_unreadable` is left
+        out and named in `self.warnings`."""
+        sequence = ImageSequence([os.fspath(p) for p in paths], skip_unreadable=skip_unreadable)
         rows = [row for batch in self.iter_rows(sequence, track=False) for row in batch]
         table = self.table(rows)
         table.insert(0, "file", [sequence.files[i - 1] for i in table["frame"]])
+        self.warnings = list(sequence.warnings)
         return table
 
 
