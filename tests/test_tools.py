@@ -56,3 +56,14 @@ def test_bench_tuning_prints_the_overhead():
     out = run_tool("bench_tuning.py", "--epochs", "1", "--rounds", "1", "--set",
                    "model.image_size=32", "--set", "model.neck.width=16", exit_codes=(0, 1))
     assert "ratio tune/train" in out and "tuner overhead" in out
+
+
+def test_bench_predict_prints_every_method_against_the_naive_loop():
+    out = run_tool("bench_predict.py", "--frames", "20", "--naive-frames", "3", "--every", "1", "5")
+    assert "affectkit (BlazeFace, every 5" in out and "naive (MTCNN" in out
+    assert out.count("x naive)") == 3
+
+
+def test_bench_predict_memory_prints_the_ratio():
+    out = run_tool("bench_predict_memory.py", "--minutes", "0.05", "0.1")
+    assert "ratio long / short" in out
