@@ -1,4 +1,5 @@
-# `make demo`: set up, generate the synthetic demo data (96 videos x 60 frames), train MTANet, evaluate, export.
+# `make demo`: set up, generate the synthetic demo data (96 videos x 60 frames), train MTANet, evaluate, export,
+# then run the trained model on one demo video (`affectkit predict`: CSV, plots, overlay).
 # `make test`: set up and run the default test suite (long tests: `make test-slow`).
 PYTHON ?= python3
 VENV := .venv
@@ -18,6 +19,7 @@ $(VENV)/.installed: setup.py requirements.txt
 demo: setup
 	$(VENV)/bin/affectkit demo-data --out $(DEMO)/data --edition abaw3
 	$(VENV)/bin/affectkit train zhang2020_mtanet --data $(DEMO)/data --preset cpu_demo --out $(DEMO)/zhang2020_mtanet
+	$(VENV)/bin/affectkit predict --model $(DEMO)/zhang2020_mtanet --input $(DEMO)/data/videos/demo_val_000.mp4 --out $(DEMO)/predictions --plots --overlay
 
 test: setup
 	$(PY) -m pytest -m "not slow" -q

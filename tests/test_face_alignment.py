@@ -94,3 +94,53 @@ def test_shrinking_crops_average_rather_than_alias():
     # Off the frame the crop is black, not an error.
     outside = warp_to_crop(frame, np.array([[1.0, 0, -2000], [0, 1.0, 0]]), 32)
     assert outside.max() == 0
+
+
+def test_demo_video_faces_align_onto_the_demo_aligned_frames(demo_root):
+    """BlazeFace on the demo's mp4s, aligned: the crops put the face where the demo's
+    `cropped_aligned` JPEGs have it (the writer's true landmarks say where that is)."""
+    import os
+
+    from affectkit.data.synthetic import demo_landmarks
+    from affectkit.inference.detection import BlazeFaceDetector
+    from affectkit.inference.video import VideoReader
+
+    args = dict(edition="abaw3", videos=6, frames=40, seed=3)  # as the demo_root fixture
+    source_marks = demo_landmarks(**args)
+    aligned_marks = demo_landmarks(view="cropped_aligned", **args)
+    detector = BlazeFaceDetector()
+    errors, pixel, pixel_truth, pixel_box = [], [], [], []
+    inner = (slice(10, -10), slice(10, -10))
+    for source, marks in source_marks.items():
+        videos = sorted(v for v in os.listdir(os.path.join(demo_root, "cropped_aligned"))
+                        if v == source or v.startswith(source + "_"))
+        with VideoReader(os.path.join(demo_root, "videos", source + ".mp4")) as reader:
+            for index, _, frame in reader:
+                faces = detector(frame)
+                for k, video in enumerate(videos):
+                    jpeg = os.path.join(demo_root, "cropped_aligned", video, f"{index + 1:05d}.jpg")
+                    truth = marks[index, k]
+                    near = [f for f in faces if np.linalg.norm(f.landmarks[2] - truth[2]) < 20]
+                    if not os.path.exists(jpeg):
+                        continue
+                    assert near, (video, index)  # every drawn face is found
+                    face = near[0]
+                    # Geometry: the true landmarks through our crop against the JPEG's.
+                    matrix = view_matrix(face.landmarks, face.landmark_names, "aligned", 112)
+                    ours = truth @ matrix[:, :2].T + matrix[:, 2]
+                    errors.append(np.linalg.norm(ours - aligned_marks[source][index, k], axis=1).mean())
+                    # Pixels, against the crop from the true landmarks and a plain box crop.
+                    reference = cv2.imread(jpeg)[:, :, ::-1].astype(float)
+                    crop = cut_view(frame, face.landmarks, face.landmark_names, "aligned", 112)
+                    best = cut_view(frame, truth, FIVE, "aligned", 112)
+                    x, y, w, h = face.box
+                    box = warp_to_crop(frame, np.array([[112 / w, 0, -112 * x / w],
+                                                        [0, 112 / h, -112 * y / h]]), 112)
+                    for store, image in ((pixel, crop), (pixel_truth, best), (pixel_box, box)):
+                        store.append(np.abs(image.astype(float) - reference)[inner].mean())
+    assert len(errors) > 150
+    # Within a few pixels of 112 (the demo's own residual pose is part of this).
+    assert np.median(errors) < 3.5 and np.percentile(errors, 90) < 5.5, np.percentile(errors, [50, 90])
+    # Close to the best crop the true landmarks give, far better than the detector's box.
+    assert np.median(pixel) < 2.2 * np.median(pixel_truth), (np.median(pixel), np.median(pixel_truth))
+    assert np.median(pixel) < 0.6 * np.median(pixel_box), (np.median(pixel), np.median(pixel_box))

@@ -1,4 +1,5 @@
-"""Synthetic Aff-Wild2 data: layout, headers, visible AUs, label statistics, audio, determinism.
+"""Synthetic Aff-Wild2 data: layout, headers, visible AUs, geometry and true landmarks, label
+statistics, audio, determinism.
 
 The checks parse the written files directly (plain text, cv2, the ffmpeg binary) and hold
 them against hand-written expectations (REFERENCE sections 1-2), not against the reader.
@@ -14,11 +15,13 @@ import numpy as np
 import pytest
 
 from affectkit.data import synthetic
+from affectkit.data.affwild2 import CONTEXT_SCALE, aligned_landmarks
 from affectkit.data.synthetic import (
     AU_REGIONS,
     DRAWN_AUS,
     FaceIdentity,
     HeadPose,
+    demo_landmarks,
     draw_face,
     random_identity,
     simulate_affect,
@@ -237,6 +240,126 @@ def test_draw_face_pose_mask_and_errors():
     assert 0.2 < (mask > 127).mean() < 0.9
     with pytest.raises(ValueError, match="AU99"):
         draw_face({"AU99": 1.0})
+
+
+# ---------------------------------------------------------------------------------------
+# Geometry: aligned views on the ArcFace template, true landmarks
+# ---------------------------------------------------------------------------------------
+
+GEOMETRY_ARGS = {"edition": "abaw3", "videos": 4, "frames": 30, "seed": 0, "fps": 10}
+
+
+@pytest.fixture(scope="module")
+def geometry(tmp_path_factory):
+    """4 videos x 30 frames (10 fps) and their true landmarks in the source and aligned views."""
+    root = str(tmp_path_factory.mktemp("synthetic") / "geometry")
+    summary = write_demo_dataset(root, **GEOMETRY_ARGS)
+    return (root, summary, demo_landmarks(**GEOMETRY_ARGS),
+            demo_landmarks(view="cropped_aligned", **GEOMETRY_ARGS))
+
+
+def _similarity(src, dst):
+    """scikit-image's least-squares similarity src -> dst (an estimator independent of affectkit)."""
+    transform = pytest.importorskip("skimage.transform")
+    if hasattr(transform.SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
+        return transform.SimilarityTransform.from_estimate(src, dst)
+    tf = transform.SimilarityTransform()
+    assert tf.estimate(src, dst)
+    return tf
+
+
+def _decode(path):
+    capture = cv2.VideoCapture(path)
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            return frames
+        frames.append(frame)
+
+
+def test_demo_landmarks_layout_and_views(geometry):
+    _, summary, source, aligned = geometry
+    assert sorted(source) == sorted(aligned) == sorted(summary["sources"])
+    for name, videos in summary["sources"].items():
+        assert source[name].shape == aligned[name].shape == (30, len(videos), 5, 2)
+        for i in range(len(videos)):
+            p = source[name][:, i]
+            assert (p[..., 0] > 160 * i).all() and (p[..., 0] < 160 * (i + 1)).all(), (name, i)
+            assert (p[..., 1] > 0).all() and (p[..., 1] < 160).all(), (name, i)
+            # Image sides: left_eye, right_eye, nose, mouth_left, mouth_right.
+            q = aligned[name][:, i]
+            assert (q[:, 0, 0] < q[:, 1, 0]).all() and (q[:, 3, 0] < q[:, 4, 0]).all()
+            assert (q[:, :2, 1].max(1) < q[:, 2, 1]).all() and (q[:, 2, 1] < q[:, 3:, 1].min(1)).all()
+    # Deterministic; "cropped" is the source shifted by the face's column.
+    again = demo_landmarks(**GEOMETRY_ARGS)
+    cropped = demo_landmarks(view="cropped", **GEOMETRY_ARGS)
+    for name in source:
+        np.testing.assert_array_equal(source[name], again[name])
+        for i in range(source[name].shape[1]):
+            np.testing.assert_allclose(cropped[name][:, i], source[name][:, i] - (160 * i, 0))
+    with pytest.raises(ValueError, match="view"):
+        demo_landmarks(view="frame", **GEOMETRY_ARGS)
+    with pytest.raises(ValueError, match="videos"):
+        demo_landmarks(videos=1)
+
+
+def test_aligned_landmarks_follow_the_arcface_template(geometry):
+    _, _, source, aligned = geometry
+    template = aligned_landmarks(112)
+    errors, context_scales, eye_distances = [], [], []
+    for name in source:
+        for i in range(source[name].shape[1]):
+            # The true landmarks in the aligned crop: on the template up to the residual pose
+            # and the identity's proportions (eye spacing, nose length, mouth width).
+            errors.append(np.linalg.norm(aligned[name][:, i] - template, axis=-1))
+            eye_distances.append(np.linalg.norm(aligned[name][:, i, 1] - aligned[name][:, i, 0], axis=-1).mean())
+            for t in range(30):
+                # One similarity (the face matrix) per frame maps the aligned view to the source.
+                tf = _similarity(aligned[name][t, i], source[name][t, i])
+                assert np.abs(tf(aligned[name][t, i]) - source[name][t, i]).max() < 1e-6
+                context_scales.append(160 / (112 * tf.scale))
+    errors = np.concatenate(errors)
+    assert errors.mean() < 4 and errors.max() < 10, (errors.mean(), errors.max())
+    assert np.ptp(eye_distances) > 1, eye_distances  # each identity keeps its proportions
+    # The `cropped` view (the face's column) is about CONTEXT_SCALE aligned sides.
+    assert abs(np.mean(context_scales) - CONTEXT_SCALE) < 0.15, np.mean(context_scales)
+
+
+def test_landmark_alignment_of_the_video_reproduces_aligned_crops(geometry):
+    """Warping the mp4 frame by a similarity from the true landmarks gives the aligned JPEG."""
+    root, summary, source, aligned = geometry
+    template = aligned_landmarks(112)
+    same, other, to_template = {}, {}, {}
+    for name, videos in summary["sources"].items():
+        frames = _decode(os.path.join(root, "videos", name + ".mp4"))
+        assert len(frames) == 30
+        for i, video in enumerate(videos):
+            same[video], other[video], to_template[video] = [], [], []
+            for t in range(30):
+                path = os.path.join(root, "cropped_aligned", video, f"{t + 1:05d}.jpg")
+                if not os.path.exists(path):
+                    continue
+                jpg = cv2.cvtColor(cv2.imread(path), cv2.COLOR_BGR2GRAY).astype(np.float64)
+
+                def mad(u, target):
+                    tf = _similarity(source[name][u, i], target)
+                    view = cv2.warpAffine(frames[u], tf.params[:2], (112, 112), flags=cv2.INTER_LINEAR,
+                                          borderMode=cv2.BORDER_REFLECT)
+                    return np.abs(cv2.cvtColor(view, cv2.COLOR_BGR2GRAY) - jpg).mean()
+
+                u = (t + 15) % 30
+                same[video].append(mad(t, aligned[name][t, i]))
+                other[video].append(mad(u, aligned[name][u, i]))  # another frame, 1.5 s away
+                to_template[video].append(mad(t, template))
+    report = {v: "same %.2f (max %.2f), other frame %.2f, to template %.2f" % (
+        np.mean(same[v]), np.max(same[v]), np.mean(other[v]), np.mean(to_template[v])) for v in same}
+    for video in same:
+        # Lossy mp4 and sensor noise drawn separately for each view: about 3-5 grey levels.
+        assert np.mean(same[video]) < 6.5 and np.max(same[video]) < 9, report
+        assert np.mean(other[video]) > 2 * np.mean(same[video]), report
+    # Aligning to the template itself leaves the residual pose: closer than another frame.
+    assert np.mean(sum(to_template.values(), [])) < 0.6 * np.mean(sum(other.values(), [])), report
 
 
 # ---------------------------------------------------------------------------------------

@@ -17,14 +17,25 @@ formats of `affectkit.data.affwild2`:
     <out>/videos/<source>.mp4                    frames + audio; `<source>_left` and
                                                  `<source>_right` share `<source>.mp4`
 
+Geometry, as in the real data: each `cropped_aligned` frame is the face aligned by the
+similarity that puts its own five landmarks on the ArcFace template
+(`affectkit.data.affwild2.ALIGNED_LANDMARKS_112`, as `affectkit.inference` aligns new
+videos), up to a small residual pose (the aligner's error); the cartoon, drawn in its own
+face frame (`draw_face`), reaches the aligned view through that similarity (for the mean
+identity `FACE_TO_ALIGNED`), and hair, chin and neck overflow the square. The `cropped` frame is the face's column of the source video, about
+`CONTEXT_SCALE` aligned sides wide, with the head inside it. `demo_landmarks` gives the
+true five landmarks of every frame, without drawing.
+
 Equal arguments give byte-identical annotation files and JPEGs: every video draws from
 its own `numpy.random.Generator`, seeded from `(seed, split, video)`.
 
 Example:
->>> from affectkit.data.synthetic import write_demo_dataset
+>>> from affectkit.data.synthetic import demo_landmarks, write_demo_dataset
 >>> summary = write_demo_dataset("/tmp/demo", edition="abaw3", videos=8, frames=240)
 >>> summary["videos_per_split"]
 {'train': 6, 'val': 2}
+>>> demo_landmarks(edition="abaw3", videos=8, frames=240)["demo_train_004"].shape  # the pair
+(240, 2, 5, 2)
 """
 
 import dataclasses
@@ -41,13 +52,16 @@ import cv2
 import numpy as np
 
 from affectkit.data.affwild2 import (
+    CONTEXT_SCALE,
     TASKS,
+    aligned_landmarks,
     annotation_dir,
     frame_file_name,
     mtl_file_name,
     write_annotation_file,
     write_mtl_file,
 )
+from affectkit.inference.alignment import similarity_transform
 from affectkit.labels import get_schema
 
 # Every AU the face renderer can show: the 12 of ABAW2+ plus AU20 of ABAW1.
@@ -71,8 +85,9 @@ _AU_INDEX = {name: i for i, name in enumerate(DRAWN_AUS)}
 # An AU is labelled present (1) when its drawn intensity reaches this value.
 AU_ON_THRESHOLD = 0.3
 
-# Where each AU changes the face: (x0, y0, x1, y1) as fractions of the aligned image,
-# for a frontal face (`HeadPose()`) of the default identity.
+# Where each AU changes the face: (x0, y0, x1, y1) as fractions of the image of
+# `draw_face`, for a frontal face (`HeadPose()`) of the default identity (the demo's
+# aligned view shows them through `FACE_TO_ALIGNED`).
 AU_REGIONS = {
     "AU1": (0.33, 0.18, 0.67, 0.42),
     "AU2": (0.10, 0.18, 0.90, 0.42),
@@ -158,7 +173,7 @@ _SPLIT_CODES = {"train": 1, "val": 2}
 class FaceIdentity:
     """What makes one synthetic person look like themselves.
 
-    Lengths are fractions of the aligned image; colours are BGR.
+    Lengths are fractions of the face frame (the image of `draw_face`); colours are BGR.
 
     Args:
         skin, hair, iris, lips, shirt: colours.
@@ -236,6 +251,10 @@ _HAIR_COLOURS = np.array(
 _IRIS_COLOURS = np.array([(40, 60, 90), (60, 85, 110), (150, 110, 60), (90, 130, 80)], np.float64)
 
 
+# Ranges of `random_identity` for the proportions that place the five landmarks.
+_LANDMARK_RANGES = {"eye_spacing": (0.108, 0.14), "nose_length": (0.13, 0.16), "mouth_width": (0.088, 0.112)}
+
+
 def _colour(c):
     return tuple(min(255.0, max(0.0, float(x))) for x in c)
 
@@ -263,17 +282,79 @@ def random_identity(rng):
         face_width=float(rng.uniform(0.28, 0.34)),
         face_height=float(rng.uniform(0.38, 0.43)),
         jaw=float(rng.uniform(0.72, 0.95)),
-        eye_spacing=float(rng.uniform(0.108, 0.14)),
+        eye_spacing=float(rng.uniform(*_LANDMARK_RANGES["eye_spacing"])),
         eye_size=float(rng.uniform(0.05, 0.064)),
         eye_open=float(rng.uniform(0.022, 0.031)),
         brow_height=float(rng.uniform(0.068, 0.085)),
         brow_thickness=float(rng.uniform(0.014, 0.026)),
-        nose_length=float(rng.uniform(0.13, 0.16)),
+        nose_length=float(rng.uniform(*_LANDMARK_RANGES["nose_length"])),
         nose_width=float(rng.uniform(0.045, 0.065)),
-        mouth_width=float(rng.uniform(0.088, 0.112)),
+        mouth_width=float(rng.uniform(*_LANDMARK_RANGES["mouth_width"])),
         lip_thickness=float(rng.uniform(0.8, 1.25)),
         glasses=bool(rng.random() < 0.15),
     )
+
+
+# --------------------------------------------------------------------------------------
+# Face geometry: the cartoon's own frame and the aligned view
+# --------------------------------------------------------------------------------------
+
+# The five landmarks, named by image side (`left_eye` has the smaller x), as
+# `affectkit.data.affwild2.aligned_landmarks` names them.
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+_EYE_Y = 0.44  # height of the eye centres in the face frame
+_NOSE_TO_MOUTH = 0.145  # mouth line below the nose base
+_NOSE_TIP = 0.025  # the nose tip (the template's point) above the nose base (the nostrils)
+
+
+def _face_landmarks(eye_spacing, nose_length, mouth_width):
+    """`(5, 2)` landmarks of a neutral frontal face, in face-frame fractions."""
+    ny = _EYE_Y + nose_length
+    my = ny + _NOSE_TO_MOUTH
+    return np.array([(0.5 - eye_spacing, _EYE_Y), (0.5 + eye_spacing, _EYE_Y), (0.5, ny - _NOSE_TIP),
+                     (0.5 - mouth_width, my), (0.5 + mouth_width, my)])
+
+
+# Face frame (fractions of the image of `draw_face`) -> aligned view (fractions of
+# `cropped_aligned`): the similarity that puts the mean identity's five landmarks on the
+# ArcFace template (`aligned_landmarks(1.0)`); it zooms in by about 1.26.
+FACE_TO_ALIGNED = similarity_transform(
+    _face_landmarks(*(0.5 * sum(_LANDMARK_RANGES[k]) for k in ("eye_spacing", "nose_length", "mouth_width"))),
+    aligned_landmarks(1.0, LANDMARK_NAMES),
+)
+FACE_TO_ALIGNED.setflags(write=False)
+
+# The demo draws each face on a canvas this much (x image_size) wider than the aligned
+# view on every side, so that hair, chin, neck and occluders can overflow the view.
+_CANVAS_MARGIN = 0.3
+
+# The shirt under the neck: an ellipse (cx, cy, half-width, half-height) in the face frame.
+_TORSO = (0.5, 1.34, 0.72, 0.42)
+
+
+def _head_ellipse(identity):
+    """`(cx, cy, half-width, half-height)` around the head of `_paint_face` (hair, ears, open jaw)."""
+    I = identity
+    top = 0.52 - (I.face_height if I.hair_style == 2 else 1.07 * I.face_height)
+    bottom = 0.52 + I.face_height + 0.065
+    width = 1.22 * I.face_width if I.hair_style == 1 else 1.05 * I.face_width + 0.032
+    return 0.5, 0.5 * (top + bottom), width + 0.01, 0.5 * (bottom - top) + 0.01
+
+
+def _face_to_pixels(pose, size, face_to_aligned=None, offset=0.0):
+    """`(A, b)`: face-frame fractions -> pixels `A @ p + b` of a `size` view.
+
+    The point goes through `face_to_aligned` (2x3, fractions; default identity), then
+    the pose (rotation and scale about the view centre, shift), then `offset` pixels.
+    """
+    a = math.radians(pose.angle)
+    s = pose.scale * size
+    # cv2 convention (as cv2.getRotationMatrix2D): positive angle turns counter-clockwise.
+    R = np.array([[math.cos(a) * s, math.sin(a) * s], [-math.sin(a) * s, math.cos(a) * s]])
+    F = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]) if face_to_aligned is None else face_to_aligned
+    b = R @ (F[:, 2] - 0.5) + np.array([size * (0.5 + pose.dx), size * (0.5 + pose.dy)]) + offset
+    return R @ F[:, :2], b
 
 
 # --------------------------------------------------------------------------------------
@@ -282,22 +363,18 @@ def random_identity(rng):
 
 
 class _Painter:
-    """Records polygons and lines in face coordinates (fractions of the aligned image).
+    """Records polygons and lines in face-frame coordinates (fractions of the face image).
 
-    `flush` maps every recorded point to pixels in one matrix product (pose), adds the
-    optional sub-pixel jitter in one draw, and paints in recording order.
+    `flush` maps every recorded point to pixels in one matrix product (`_face_to_pixels`),
+    adds the optional sub-pixel jitter in one draw, and paints in recording order.
     """
 
-    def __init__(self, img, mask, size, pose, jitter=None):
+    def __init__(self, img, mask, size, pose, jitter=None, face_to_aligned=None, offset=0.0):
         self.img = img
         self.mask = mask
-        a = math.radians(pose.angle)
-        s = pose.scale * size
-        # cv2 convention (as cv2.getRotationMatrix2D): positive angle turns counter-clockwise.
-        self.A = np.array([[math.cos(a) * s, math.sin(a) * s], [-math.sin(a) * s, math.cos(a) * s]])
-        centre = np.array([size * (0.5 + pose.dx), size * (0.5 + pose.dy)])
-        self.b = centre - self.A @ np.array([0.5, 0.5])
-        self.px = s
+        self.A, self.b = _face_to_pixels(pose, size, face_to_aligned, offset)
+        zoom = 1.0 if face_to_aligned is None else math.sqrt(abs(np.linalg.det(face_to_aligned[:, :2])))
+        self.px = pose.scale * size * zoom  # pixels per face-frame unit, for line widths
         self.jitter = jitter
         self.gaze = float(np.clip(pose.gaze, -1, 1))
         self.ops = []
@@ -308,11 +385,18 @@ class _Painter:
     def line(self, p, colour, width, closed=False, silhouette=False):
         self.ops.append((p, colour, max(1, int(round(width * self.px))), silhouette, closed))
 
-    def flush(self):
+    def bounds(self):
+        """`(low, high)` pixel corners around every recorded point, widened for line widths."""
+        q = np.concatenate([np.asarray(op[0], np.float64) for op in self.ops]) @ self.A.T + self.b
+        pad = 2 + 0.5 * max(op[2] for op in self.ops)
+        return q.min(0) - pad, q.max(0) + pad
+
+    def flush(self, origin=(0, 0)):
+        """Paints the recorded shapes; `origin` is the pixel of the mapping that is (0, 0) of `img`."""
         if not self.ops:
             return
         arrays = [np.asarray(op[0], np.float64) for op in self.ops]
-        q = np.concatenate(arrays) @ self.A.T + self.b
+        q = np.concatenate(arrays) @ self.A.T + (self.b - origin)
         if self.jitter is not None:
             q += self.jitter.normal(0, 0.15, q.shape)
         q = np.round(q * _ONE).astype(np.int32)
@@ -417,7 +501,7 @@ def _paint_face(painter, g, identity):
         hairline = top + 0.085 + (arc[0, 1] - top - 0.085) * ((xs - cx) / span) ** 2
         painter.fill(np.concatenate([arc, np.stack([xs, hairline], 1)]), I.hair, silhouette=True)
 
-    ey = 0.44
+    ey = _EYE_Y
     es = I.eye_spacing
     ew = I.eye_size
     by = ey - I.brow_height
@@ -506,7 +590,7 @@ def _paint_face(painter, g, identity):
 
     # Mouth: corners pulled up (AU12), down (AU15), sideways (AU20), narrowed and thinned
     # (AU23), pressed (AU24); lips parted (AU25); jaw dropped (AU26); upper lip raised (AU10).
-    my = ny + 0.145
+    my = ny + _NOSE_TO_MOUTH
     mw = I.mouth_width * (1 + 0.25 * g12 + 0.32 * g20 - 0.24 * g23 - 0.04 * g24)
     corner_dy = -0.042 * g12 + 0.04 * g15 + 0.01 * g20
     xs = _lin(-1.0, 1.0, 17)
@@ -609,6 +693,10 @@ def draw_face(au_intensities=None, identity=None, pose=None, rng=None, size=112,
     AU6 raises the cheeks (crow's feet), AU7 tightens the lids, AU10 raises the upper lip,
     AU12/AU15/AU20 pull the lip corners up/down/sideways, AU23/AU24 tighten/press the lips,
     AU25 parts them and AU26 drops the jaw.
+
+    The face is drawn in its own face frame, looser than the ArcFace template; the demo's
+    aligned view draws it through the similarity of its landmarks onto the template
+    (`FACE_TO_ALIGNED` for the mean identity).
 
     Args:
         au_intensities: dict AU name -> intensity in [0, 1]; absent AUs are 0.
@@ -953,25 +1041,32 @@ class _Face:
         r_id, r_affect, r_pose, r_occ, r_missing, r_draw = (np.random.default_rng(s) for s in seeds)
         self.name, self.split, self.tasks = name, split, tasks
         self.identity = random_identity(r_id)
+        # This face's own landmarks onto the template, as an aligner puts them (the
+        # residual pose below is the aligner's error).
+        I = self.identity
+        self.face_to_aligned = similarity_transform(_face_landmarks(I.eye_spacing, I.nose_length, I.mouth_width),
+                                           aligned_landmarks(1.0, LANDMARK_NAMES))
         self.track = simulate_affect(frames, schema, r_affect, fps)
         n, S, C = frames, image_size, context_size
 
-        # Pose: in the context view rotation, scale and translation; a small residual in
-        # the aligned view (alignment is never perfect).
+        # Pose: in the source frame rotation, scale and translation of the aligned view; a
+        # small residual in the aligned view (alignment is never perfect).
         base_angle = r_pose.normal(0, 5)
         self.angle = np.clip(base_angle + _lowpass_noise(r_pose, n, fps * 0.8, 7.0), -28, 28)
-        # Scale of the aligned square in the source frame, relative to image_size / 1.43 of
-        # the context side: 1.05-1.3 makes the head about half of the `cropped` view.
-        base_scale = r_pose.uniform(1.05, 1.3)
-        self.scale = np.clip(base_scale + _lowpass_noise(r_pose, n, fps, 0.04), 0.85, 1.45) * C / (S * 1.43)
+        # Source pixels per aligned pixel: 0.9-1.1 times C / (S * CONTEXT_SCALE), so that the
+        # context side is about CONTEXT_SCALE aligned sides (the head fills most of it).
+        base_scale = r_pose.uniform(0.9, 1.1)
+        self.scale = np.clip(base_scale + _lowpass_noise(r_pose, n, fps, 0.035), 0.75, 1.18) * C / (S * CONTEXT_SCALE)
+        # Shift of the aligned view's centre from the centre of its column.
         base_t = r_pose.normal(0, 0.05 * C, 2)
-        self.tx = np.clip(base_t[0] + _lowpass_noise(r_pose, n, fps, 0.035 * C), -0.1 * C, 0.1 * C)
-        self.ty = np.clip(base_t[1] + _lowpass_noise(r_pose, n, fps, 0.035 * C), -0.1 * C, 0.1 * C)
-        self.res_angle = _lowpass_noise(r_pose, n, fps * 0.5, 2.0)
-        self.res_scale = 1 + _lowpass_noise(r_pose, n, fps * 0.5, 0.025)
-        self.res_dx = _lowpass_noise(r_pose, n, fps * 0.5, 0.012)
-        self.res_dy = _lowpass_noise(r_pose, n, fps * 0.5, 0.012)
+        tx = np.clip(base_t[0] + _lowpass_noise(r_pose, n, fps, 0.035 * C), -0.1 * C, 0.1 * C)
+        ty = np.clip(base_t[1] + _lowpass_noise(r_pose, n, fps, 0.035 * C), -0.1 * C, 0.1 * C)
+        self.res_angle = _lowpass_noise(r_pose, n, fps * 0.5, 1.0)
+        self.res_scale = 1 + _lowpass_noise(r_pose, n, fps * 0.5, 0.012)
+        self.res_dx = _lowpass_noise(r_pose, n, fps * 0.5, 0.006)
+        self.res_dy = _lowpass_noise(r_pose, n, fps * 0.5, 0.006)
         self.gaze = np.clip(_lowpass_noise(r_pose, n, fps * 0.4, 0.45), -1, 1)
+        self.tx, self.ty = self._head_inside(tx, ty, S, C)
 
         # Occlusion: runs of frames with a hand or an object over part of the face.
         self.occluder = [None] * n
@@ -1015,14 +1110,54 @@ class _Face:
         au[missing] = schema.au_missing
         return au
 
+    def _head_inside(self, tx, ty, S, C):
+        """`(tx, ty)` shifted, frame by frame, so that the head stays inside its column."""
+        head = _head_ellipse(self.identity)
+        F = self.face_to_aligned
+        q = _ellipse(*head, n=32) @ F[:, :2].T + F[:, 2] - 0.5  # outline, aligned fractions from the centre
+        # Through the residual pose (about the view centre) to aligned pixels from the centre,
+        r = np.radians(self.res_angle)[:, None]
+        k = self.res_scale[:, None]
+        u = S * (k * (np.cos(r) * q[:, 0] + np.sin(r) * q[:, 1]) + self.res_dx[:, None])
+        v = S * (k * (-np.sin(r) * q[:, 0] + np.cos(r) * q[:, 1]) + self.res_dy[:, None])
+        # then through the face's rotation and scale to source pixels from the view centre.
+        c = (np.cos(np.radians(self.angle)) * self.scale)[:, None]
+        s = (np.sin(np.radians(self.angle)) * self.scale)[:, None]
+        margin = 0.02 * C
+        out = []
+        for shift, extent in ((tx, c * u + s * v), (ty, -s * u + c * v)):
+            lo, hi = margin - C / 2 - extent.min(1), C / 2 - margin - extent.max(1)
+            out.append(np.where(lo <= hi, np.clip(shift, lo, hi), 0.5 * (lo + hi)))
+        return out
+
+    def pose(self, t):
+        """Residual `HeadPose` of frame t in the aligned view."""
+        return HeadPose(self.res_angle[t], self.res_scale[t], self.res_dx[t], self.res_dy[t], self.gaze[t])
+
     def matrix(self, t, image_size, context_size, column):
-        """Affine map aligned image -> source frame (column = face's horizontal slot)."""
+        """Affine map aligned view (pixels) -> source frame (column = face's horizontal slot)."""
         a = math.radians(self.angle[t])
         s = self.scale[t]
         A = np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]]) * s
         centre = np.array([column * context_size + context_size / 2 + self.tx[t], context_size / 2 + self.ty[t]])
         b = centre - A @ np.array([image_size / 2, image_size / 2])
         return np.concatenate([A, b[:, None]], 1)
+
+    def landmarks(self, image_size, context_size, column, view="source"):
+        """`(frames, 5, 2)` true landmarks (`LANDMARK_NAMES`) in pixels of `view`."""
+        I = self.identity
+        face = _face_landmarks(I.eye_spacing, I.nose_length, I.mouth_width)
+        out = np.empty((len(self.angle), 5, 2))
+        for t in range(len(out)):
+            A, b = _face_to_pixels(self.pose(t), image_size, self.face_to_aligned)
+            p = face @ A.T + b
+            if view != "cropped_aligned":
+                M = self.matrix(t, image_size, context_size, column)
+                p = p @ M[:, :2].T + M[:, 2]
+                if view == "cropped":
+                    p[:, 0] -= column * context_size
+            out[t] = p
+        return out
 
 
 class _Source:
@@ -1074,57 +1209,83 @@ class _Source:
         return cv2.add(lit, noise, dtype=cv2.CV_8U)
 
     def render(self, t, image_size):
-        """Renders frame t: the source frame (uint8) and each face's (aligned, context) views."""
+        """Renders frame t: the source frame (uint8) and each face's (aligned, context) views.
+
+        Each face is painted on a canvas around its aligned view (`_CANVAS_MARGIN`), lit,
+        composited into the source frame through its silhouette, and cropped: the
+        canvas's central `image_size` square is the aligned view. Only the part of the
+        canvas that the face and the view cover is warped, painted and lit.
+        """
         S, C = image_size, self.height
+        m = int(round(_CANVAS_MARGIN * S))
+        P = S + 2 * m
         frame = np.ascontiguousarray(self.background[self.oy[t] : self.oy[t] + C, self.ox[t] : self.ox[t] + self.width])
         matrices = [face.matrix(t, S, C, i) for i, face in enumerate(self.faces)]
 
-        # Torsos under the heads.
+        # Torsos under the heads (in the face frame, like the neck).
         for face, M in zip(self.faces, matrices):
-            torso = _ellipse(S * 0.5, S * 1.34, S * 0.72, S * 0.42, n=32)
-            pts = torso @ M[:, :2].T + M[:, 2]
+            F = face.face_to_aligned
+            pts = S * (_ellipse(*_TORSO, n=32) @ F[:, :2].T + F[:, 2]) @ M[:, :2].T + M[:, 2]
             cv2.fillPoly(frame, [np.round(pts * _ONE).astype(np.int32)], face.identity.shirt, _AA, _SHIFT)
 
         # Lighting: gain c * (1 + gx * X + gy * Y) over source-frame coordinates X, Y.
         c, gx, gy = float(self.contrast[t]), float(self.gx[t]), float(self.gy[t])
         X, Y = self.grid
         lit = self._light(frame, cv2.addWeighted(X, c * gx, Y, c * gy, c), t)
-        if S not in self._aligned_grid:
-            v, u = np.mgrid[0:S, 0:S].astype(np.float32)
-            self._aligned_grid[S] = (u, v)
-        U, V = self._aligned_grid[S]
+        if P not in self._aligned_grid:
+            v, u = np.mgrid[0:P, 0:P].astype(np.float32)
+            self._aligned_grid[P] = (u, v)
+        U, V = self._aligned_grid[P]
         noise = self.noise[self.noise_pick[t]][self.noise_dy[t] :, self.noise_dx[t] :]
         views = []
         for i, (face, M) in enumerate(zip(self.faces, matrices)):
-            aligned = cv2.warpAffine(frame, M, (S, S), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                     borderMode=cv2.BORDER_REFLECT)
-            pose = HeadPose(face.res_angle[t], face.res_scale[t], face.res_dx[t], face.res_dy[t], face.gaze[t])
-            mask = np.zeros((S, S), np.uint8)
-            painter = _Painter(aligned, mask, S, pose, jitter=face.jitter_rng)
+            painter = _Painter(None, None, S, face.pose(t), face.jitter_rng, face.face_to_aligned, offset=m)
             _paint_face(painter, face.track.au_at(t), face.identity)
             if face.occluder[t] is not None:
                 _paint_occluder(painter, face.occluder[t], face.identity)
-            painter.flush()
+            # The used part of the canvas: the face, and the view with room for the blur.
+            sigma = self.blur[t] / max(face.scale[t], 0.3) if self.blur[t] > 0 else 0.0
+            pad = int(math.ceil(3 * sigma))
+            low, high = painter.bounds()
+            x0, y0 = (min(max(0, int(math.floor(v))), m - pad) for v in low)
+            x1, y1 = (max(min(P, int(math.ceil(v)) + 1), m + S + pad) for v in high)
+            x0, y0, x1, y1 = max(0, x0), max(0, y0), min(P, x1), min(P, y1)
+            Mc = M.copy()  # canvas pixels (from x0, y0) -> source-frame pixels
+            Mc[:, 2] += (x0 - m) * M[:, 0] + (y0 - m) * M[:, 1]
+            canvas = cv2.warpAffine(frame, Mc, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                    borderMode=cv2.BORDER_REFLECT)
+            mask = np.zeros(canvas.shape[:2], np.uint8)
+            painter.img, painter.mask = canvas, mask
+            painter.flush(origin=(x0, y0))
 
-            # Light the aligned face as the scene is lit at the same place (M maps aligned
-            # pixels to source-frame pixels, so the gain stays linear in u, v).
-            beta = c * (gx * M[0, 0] + gy * M[1, 0]) / C
-            gamma = c * (gx * M[0, 1] + gy * M[1, 1]) / C
-            alpha0 = c * (1 + gx * (M[0, 2] / C - 0.5 * self.columns) + gy * (M[1, 2] / C - 0.5))
-            aligned_lit = self._light(aligned, cv2.addWeighted(U, beta, V, gamma, alpha0), t)
+            # Light the canvas as the scene is lit at the same place (Mc maps canvas pixels
+            # to source-frame pixels, so the gain stays linear in u, v).
+            beta = c * (gx * Mc[0, 0] + gy * Mc[1, 0]) / C
+            gamma = c * (gx * Mc[0, 1] + gy * Mc[1, 1]) / C
+            alpha0 = c * (1 + gx * (Mc[0, 2] / C - 0.5 * self.columns) + gy * (Mc[1, 2] / C - 0.5))
+            u, v = U[: y1 - y0, : x1 - x0], V[: y1 - y0, : x1 - x0]
+            canvas_lit = self._light(canvas, cv2.addWeighted(u, beta, v, gamma, alpha0), t)
 
-            # Composite the face silhouette into the lit source frame.
-            x0 = i * C
-            local = M.copy()
-            local[0, 2] -= x0
-            warped = cv2.warpAffine(aligned_lit, local, (C, C), flags=cv2.INTER_LINEAR)
-            alpha = cv2.warpAffine(mask, local, (C, C), flags=cv2.INTER_LINEAR)
-            region = lit[:, x0 : x0 + C]
-            a3 = cv2.merge((alpha, alpha, alpha))
-            region += cv2.multiply(cv2.subtract(warped, region), a3, scale=1 / 255.0, dtype=cv2.CV_32F)
+            # Composite the face silhouette into the lit source frame (its own column, within
+            # the canvas's bounding box).
+            corners = np.array([(0, 0), (x1 - x0, 0), (0, y1 - y0), (x1 - x0, y1 - y0)]) @ Mc[:, :2].T + Mc[:, 2]
+            c0, r0 = (max(0, int(math.floor(v))) for v in corners.min(0) - (i * C, 0))
+            c1, r1 = (min(C, int(math.ceil(v)) + 1) for v in corners.max(0) - (i * C, 0))
+            if c1 > c0 and r1 > r0:
+                local = Mc.copy()
+                local[:, 2] -= (i * C + c0, r0)
+                size = (c1 - c0, r1 - r0)
+                warped = cv2.warpAffine(canvas_lit, local, size, flags=cv2.INTER_LINEAR)
+                alpha = cv2.warpAffine(mask, local, size, flags=cv2.INTER_LINEAR)
+                region = lit[r0:r1, i * C + c0 : i * C + c1]
+                a3 = cv2.merge((alpha, alpha, alpha))
+                region += cv2.multiply(cv2.subtract(warped, region), a3, scale=1 / 255.0, dtype=cv2.CV_32F)
 
-            blur = self.blur[t] / max(face.scale[t], 0.3) if self.blur[t] > 0 else 0.0
-            views.append(self._finish(aligned_lit, t, noise[:S, :S], blur))
+            # Blur the canvas (no border effects inside the view), then crop the view.
+            if sigma > 0:
+                canvas_lit = cv2.GaussianBlur(canvas_lit, (0, 0), sigma)
+            view = canvas_lit[m - y0 : m - y0 + S, m - x0 : m - x0 + S]
+            views.append(self._finish(view, t, noise[:S, :S], 0.0))
 
         full = self._finish(lit, t, noise[:C, : self.width], float(self.blur[t]))
         return full, [(aligned, full[:, i * C : (i + 1) * C]) for i, aligned in enumerate(views)]
@@ -1191,6 +1352,73 @@ def _default_context_size(image_size):
     return size + (size % 2)
 
 
+def _demo_args(caller, edition, videos, frames, seed, image_size, context_size, fps):
+    """Checked arguments of the demo writer: `(schema, videos, frames, seed, S, C)`."""
+    schema = get_schema(edition)
+    videos, frames, seed, image_size = int(videos), int(frames), int(seed), int(image_size)
+    if videos < 2:
+        raise ValueError(f"{caller}: videos={videos}; need at least 2 (one train, one val).")
+    if frames < 1:
+        raise ValueError(f"{caller}: frames={frames}; need at least 1.")
+    if seed < 0:
+        raise ValueError(f"{caller}: seed={seed}; expected an integer >= 0.")
+    if image_size < 16:
+        raise ValueError(f"{caller}: image_size={image_size}; expected >= 16.")
+    if fps <= 0:
+        raise ValueError(f"{caller}: fps={fps}; expected > 0.")
+    C = _default_context_size(image_size) if context_size is None else int(context_size)
+    if C < image_size:
+        raise ValueError(f"{caller}: context_size={C} is smaller than image_size={image_size}.")
+    return schema, videos, frames, seed, image_size, C
+
+
+def _source_faces(seed, split, k, names, tasks, frames, schema, fps, image_size, context_size):
+    """The `_Face` tracks of one source video, left to right."""
+    code = _SPLIT_CODES[split]
+    faces = []
+    for j, name in enumerate(names):
+        seeds = np.random.SeedSequence([seed, code, k, 1 + j]).spawn(6)
+        faces.append(_Face(name, split, tasks[name], seeds, frames, schema, fps, image_size, context_size))
+    return faces
+
+
+def demo_landmarks(edition="abaw3", videos=8, frames=240, seed=0, image_size=112, context_size=None, fps=30,
+                   view="source"):
+    """The true five landmarks of every face that `write_demo_dataset` draws, without drawing.
+
+    Takes the writer's arguments (equal arguments, equal faces). The landmarks are where
+    the cartoon's eye centres, nose base and mouth corners are at rest (each identity's
+    proportions), through the residual pose and the face's place in the source video;
+    expressions move the drawn mouth corners a little, the sub-pixel jitter of the
+    drawing is left out. Frames without a JPEG (`missing_images`) have landmarks too.
+
+    Args:
+        edition, videos, frames, seed, image_size, context_size, fps: as `write_demo_dataset`.
+        view: pixel coordinates of `"source"` (the frames of `videos/<source>.mp4`),
+            `"cropped"` (the face's `cropped` JPEG) or `"cropped_aligned"` (its aligned
+            JPEG, within a few pixels of the ArcFace template `aligned_landmarks`).
+
+    Returns:
+        dict source name (as `summary["sources"]`) -> float array `(frames, faces, 5, 2)`
+        of (x, y) in `LANDMARK_NAMES` order, faces left to right (`_left`, `_right`).
+
+    Example:
+    >>> marks = demo_landmarks(videos=4, frames=30)
+    >>> marks["demo_train_001"].shape
+    (30, 2, 5, 2)
+    """
+    if view not in ("source", "cropped", "cropped_aligned"):
+        raise ValueError(f"demo_landmarks: view={view!r}; expected 'source', 'cropped' or 'cropped_aligned'.")
+    schema, videos, frames, seed, S, C = _demo_args("demo_landmarks", edition, videos, frames, seed, image_size,
+                                                    context_size, fps)
+    _, plan, tasks = _plan(videos, seed)
+    out = {}
+    for split, k, source_name, names in plan:
+        faces = _source_faces(seed, split, k, names, tasks, frames, schema, fps, S, C)
+        out[source_name] = np.stack([face.landmarks(S, C, i, view) for i, face in enumerate(faces)], 1)
+    return out
+
+
 def write_demo_dataset(out, edition="abaw3", videos=8, frames=240, seed=0, image_size=112,
                        context_size=None, fps=30, write_videos=True, verbose=False):
     """Writes a synthetic dataset in the Aff-Wild2 layout of one ABAW edition.
@@ -1201,7 +1429,9 @@ def write_demo_dataset(out, edition="abaw3", videos=8, frames=240, seed=0, image
     separately, sharing the audio. The first video of each split is annotated for every
     task, the second for VA only, the third for EXPR and AU; a few percent of rows carry
     the missing markers, and a few percent of frames, in short runs, have no JPEG in
-    either frame folder while their annotation lines stay.
+    either frame folder while their annotation lines stay. The aligned faces follow the
+    ArcFace template up to a residual pose; `demo_landmarks` with the same arguments gives
+    the true landmarks.
 
     Equal arguments give byte-identical annotation files and JPEGs (and, with the
     bundled ffmpeg, identical mp4 files).
@@ -1226,21 +1456,8 @@ def write_demo_dataset(out, edition="abaw3", videos=8, frames=240, seed=0, image
         `images` (JPEGs per view), `missing_images` (frames without an image),
         `tasks` (video -> annotated tasks), `paths`.
     """
-    schema = get_schema(edition)
-    videos, frames, seed, image_size = int(videos), int(frames), int(seed), int(image_size)
-    if videos < 2:
-        raise ValueError(f"write_demo_dataset: videos={videos}; need at least 2 (one train, one val).")
-    if frames < 1:
-        raise ValueError(f"write_demo_dataset: frames={frames}; need at least 1.")
-    if seed < 0:
-        raise ValueError(f"write_demo_dataset: seed={seed}; expected an integer >= 0.")
-    if image_size < 16:
-        raise ValueError(f"write_demo_dataset: image_size={image_size}; expected >= 16.")
-    if fps <= 0:
-        raise ValueError(f"write_demo_dataset: fps={fps}; expected > 0.")
-    C = _default_context_size(image_size) if context_size is None else int(context_size)
-    if C < image_size:
-        raise ValueError(f"write_demo_dataset: context_size={C} is smaller than image_size={image_size}.")
+    schema, videos, frames, seed, image_size, C = _demo_args("write_demo_dataset", edition, videos, frames, seed,
+                                                             image_size, context_size, fps)
     out = os.path.abspath(os.fspath(out))
     os.makedirs(out, exist_ok=True)
     ffmpeg = _ffmpeg_exe() if write_videos else None
@@ -1254,13 +1471,10 @@ def write_demo_dataset(out, edition="abaw3", videos=8, frames=240, seed=0, image
     tmp = tempfile.mkdtemp(prefix="affectkit_synthetic_") if write_videos else None
     try:
         for split, k, source_name, names in plan:
-            code = _SPLIT_CODES[split]
-            faces = []
-            for j, name in enumerate(names):
-                seeds = np.random.SeedSequence([seed, code, k, 1 + j]).spawn(6)
-                faces.append(_Face(name, split, tasks[name], seeds, frames, schema, fps, image_size, C))
+            faces = _source_faces(seed, split, k, names, tasks, frames, schema, fps, image_size, C)
+            for name in names:
                 _clear_video(out, name, schema)
-            source = _Source(np.random.SeedSequence([seed, code, k, 0]), faces, frames, fps, C)
+            source = _Source(np.random.SeedSequence([seed, _SPLIT_CODES[split], k, 0]), faces, frames, fps, C)
             sources[source_name] = list(names)
 
             writer = None
