@@ -224,3 +224,30 @@ def test_clip_model_reads_each_track_in_clips_of_its_length(leaving_video, tmp_p
     names = list(get_schema("abaw3").expressions)
     np.testing.assert_allclose(cut[names].to_numpy(float)[cut.success == 1][:8],
                                faces[names].to_numpy(float)[:8], atol=1e-5)
+
+
+def test_demo_videos_give_submission_files_named_as_the_annotations(tiny_model, demo_root,
+                                                                   tmp_path):
+    """The demo mp4s (two-person sources hold `_left` and `_right`): every annotated video
+    gets a prediction file with one line per frame, and the two faces keep their ids."""
+    from affectkit.data import affwild2
+    from affectkit.inference.prediction_files import predict_to_files
+    from affectkit.inference.predictor import FacePredictor
+
+    schema = get_schema("abaw3")
+    predictor = FacePredictor(tiny_model, every=2)
+    summary = predict_to_files(predictor, [os.path.join(demo_root, "videos")], str(tmp_path),
+                               submission=True, progress=False)
+    assert not summary.failed
+    va = affwild2.read_annotation_folder(summary.files["submission"]["va"], "va", schema)
+    faces = sorted(os.listdir(os.path.join(demo_root, "cropped_aligned")))
+    assert sorted(va) == faces
+    for video, values in va.items():
+        assert len(values) == 40 and np.all(np.abs(values) <= 1)
+    for source in {f.rsplit("_", 1)[0] for f in faces if f.endswith(("_left", "_right"))}:
+        table = pd.read_csv(tmp_path / f"{source}.csv")
+        found = table[table.success == 1]
+        assert (found.groupby("frame").size() == 2).mean() > 0.9
+        # The left face keeps one id all along (no swaps between the two people).
+        left = found.loc[found.groupby("frame")["x"].idxmin(), "face_id"]
+        assert left.nunique() == 1
