@@ -20,9 +20,9 @@ import pandas as pd
 
 from affectkit.inference.video import VideoReader, find_inputs
 
-# Errors that mean a bad input file, reported per input (as the command line reports them).
-INPUT_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-                PermissionError, EOFError)
+# Errors that mean a bad input file (or an output that cannot be written), reported per
+# input: missing, unreadable, not a video, a folder that cannot be written.
+INPUT_ERRORS = (ValueError, OSError, EOFError)
 
 
 @dataclasses.dataclass
