@@ -68,7 +68,9 @@ RUNS = {
     # non-overlapping segments it barely leaves chance within 15 epochs.
     "cpu_demo": dict(
         PAPER,
-        lstm={"units": 64, "dropout": 0.2},
+        # Dropout 0.4 (0.2 before issue 13's tighter demo crops): over demo seeds 0 and 1 the
+        # LSTM then beats the majority class by at least 0.071 macro-F1 (0.2: 0.046, 0.089).
+        lstm={"units": 64, "dropout": 0.4},
         features=dict(PAPER["features"], visual=DEMO_VISUAL),
         model={"feature_inputs": {"features": [None, 400 + 80]},
                "neck": {"units": 64},
