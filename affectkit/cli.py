@@ -284,17 +284,10 @@ def _predict(args):
                               batch_size=args.batch_size)
     summary = predict_to_files(predictor, args.input, args.out, submission=args.submission,
                                plots=args.plots, overlay=args.overlay)
-    for path in summary.written:
-        print(f"Predictions: {path}")
-    for path in summary.skipped:
-        print(f"Already done (skipped): {path}")
-    for key, value in summary.files.items():
-        shown = value if isinstance(value, (str, list)) else sorted(set(value.values()))
-        print(f"{key}: {', '.join(shown) if isinstance(shown, list) else shown}")
     print("\n".join(summary.lines()))
     if summary.failed:
-        raise ValueError(f"{len(summary.failed)} of {len(summary.failed) + len(summary.written) + len(summary.skipped)} "
-                         "inputs failed (listed above).")
+        total = len(summary.failed) + len(summary.written) + len(summary.skipped)
+        raise ValueError(f"{len(summary.failed)} of {total} inputs failed (listed above).")
 
 
 def _tune_arguments(parser):

@@ -37,9 +37,14 @@ class PredictionSummary:
     files: dict = dataclasses.field(default_factory=dict)  # "submission", "plots", ...
 
     def lines(self):
-        """The end-of-run report."""
+        """The end-of-run report: where everything is, then the counts and failures."""
         fps = self.frames / self.seconds if self.seconds else 0.0
-        lines = [f"{len(self.written)} written, {len(self.skipped)} already done (skipped), "
+        lines = [f"Predictions: {path}" for path in self.written]
+        lines += [f"Already done (skipped): {path}" for path in self.skipped]
+        for key, paths in self.files.items():
+            paths = sorted(set(paths.values())) if isinstance(paths, dict) else paths
+            lines.append(f"{key}: {', '.join(paths)}")
+        lines += [f"{len(self.written)} written, {len(self.skipped)} already done (skipped), "
                  f"{len(self.failed)} failed; {self.frames} frames in {self.seconds:.1f} s "
                  f"({fps:.1f} frames/s)"]
         lines += [f"  failed: {message}" for _, message in self.failed]
