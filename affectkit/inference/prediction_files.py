@@ -51,23 +51,18 @@ class PredictionSummary:
         return lines
 
 
-def _write_csv(path, batches, columns):
-    """Streams row batches to `path` through a temporary file; returns the rows written."""
+def _write_csv(path, tables):
+    """Streams DataFrames (one after another, same columns) to `path` through a temporary
+    file, renamed when complete."""
     tmp = f"{path}.part"
-    count = 0
     try:
         with open(tmp, "w", newline="") as handle:
-            handle.write(",".join(columns) + "\n")
-            for rows in batches:
-                table = pd.DataFrame(rows, columns=columns)
-                table["face_id"] = table["face_id"].astype("Int64")
-                table.to_csv(handle, header=False, index=False, float_format="%.6g")
-                count += len(table)
+            for i, table in enumerate(tables):
+                table.to_csv(handle, header=i == 0, index=False, float_format="%.6g")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return count
 
 
 def predict_to_files(predictor, paths, out, submission=False, plots=False, overlay=False,
@@ -121,12 +116,10 @@ def _predict_input(predictor, item, csv_path, out, overlay, progress):
         table = predictor.predict_images(item.files, skip_unreadable=len(item.files) > 1)
         for warning in predictor.warnings:
             print(warning)
-        tmp = f"{csv_path}.part"
-        table.to_csv(tmp, index=False, float_format="%.6g")
-        os.replace(tmp, csv_path)
+        _write_csv(csv_path, [table])
         return len(item.files)
     with VideoReader(item.path) as reader:
-        bar = _progress_bar(reader, item.name) if progress else None
+        bar = FrameProgress(item.name, reader.frame_count, reader.fps) if progress else None
         writer = None
         if overlay:
             from affectkit.inference.reports import OverlayWriter
@@ -145,7 +138,8 @@ def _predict_input(predictor, item, csv_path, out, overlay, progress):
                 bar.update(seen[0])
 
         try:
-            _write_csv(csv_path, predictor.iter_rows(reader, on_frame=on_frame), predictor.columns)
+            _write_csv(csv_path, (predictor.table(rows)
+                                  for rows in predictor.iter_rows(reader, on_frame=on_frame)))
         except BaseException:
             if writer is not None:
                 writer.abort()
@@ -157,10 +151,6 @@ def _predict_input(predictor, item, csv_path, out, overlay, progress):
         for warning in reader.warnings:
             print(f"{item.path}: {warning}")
         return seen[0]
-
-
-def _progress_bar(reader, name):
-    return FrameProgress(name, reader.frame_count, reader.fps)
 
 
 class FrameProgress:

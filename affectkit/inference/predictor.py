@@ -61,6 +61,7 @@ def load_model(model):
     import keras
 
     import affectkit  # noqa: F401  (registers affectkit's layers for safe-mode loading)
+    from affectkit.models.backbones.model_file import load_model_file
 
     if isinstance(model, keras.Model):
         return model
@@ -73,10 +74,7 @@ def load_model(model):
     elif not os.path.isfile(path):
         raise FileNotFoundError(f"{model}: no such file; expected a .keras model or a run "
                                 "directory.")
-    try:
-        return keras.saving.load_model(path)
-    except Exception as error:  # a truncated or foreign file: say which
-        raise ValueError(f"{path}: could not be loaded as a Keras model ({error}).") from error
+    return load_model_file(path)
 
 
 class FacePredictor:

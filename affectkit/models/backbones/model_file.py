@@ -58,7 +58,7 @@ def model_file_backbone(path, layer=None, input_shape=None, trainable=True, name
     features = backbone(frames)
     ```
     """
-    model = _load(path)
+    model = load_model_file(path)
     if layer is None:
         if not _has_graph(model):
             model.trainable = bool(trainable)
@@ -82,7 +82,8 @@ def model_file_backbone(path, layer=None, input_shape=None, trainable=True, name
     return backbone
 
 
-def _load(path):
+def load_model_file(path):
+    """A Keras model file (`.keras`, legacy `.h5`) loaded in safe mode; errors name the file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(
