@@ -373,6 +373,28 @@ def frame_means(values, times, num_frames, fps):
 # ------------------------------------------------------------------------- cache
 
 
+def video_audio_features(path, model, smile=None):
+    """`(values float32 (num_frames, dim), fps)`: the audio features of every frame of a
+    video file, as an audio cache's manifest `model` settings describe them (those
+    `extract_audio_features` writes; `affectkit predict` computes a new video's alike).
+
+    Raises:
+        ValueError: naming the file, when it has no audio track or cannot be decoded.
+    """
+    num_frames, fps = video_timing(path)
+    sample_rate = int(model["sample_rate"])
+    audio = read_audio(path, sample_rate)
+    if model["name"] == "logmel":
+        values = log_mel_frames(audio, num_frames, fps, sample_rate, model["num_mel_bands"],
+                                model["window_seconds"], model["lower_hz"], model["upper_hz"])
+    elif model["name"] == "egemaps":
+        values, _ = egemaps_frames(audio, num_frames, fps, sample_rate, smile)
+    else:
+        raise ValueError(f"audio features {model['name']!r}: expected one of {AUDIO_FEATURES}.")
+    return values, fps
+
+
+
 def _face_tracks(data, edition, split, videos_dir, videos):
     """`(face-track names, videos folder)` for an index or an Aff-Wild2 folder."""
     if hasattr(data, "frames") and hasattr(data, "schema"):
@@ -472,14 +494,8 @@ def extract_audio_features(
         for i, name in enumerate(todo):
             path = find_video_file(videos_dir, name)
             if last[0] != path:
-                num_frames, fps = video_timing(path)
-                audio = read_audio(path, sample_rate)
-                if smile is None:
-                    values = log_mel_frames(audio, num_frames, fps, sample_rate,
-                                            num_mel_bands, window_seconds, lower_hz, upper_hz)
-                else:
-                    values, _ = egemaps_frames(audio, num_frames, fps, sample_rate, smile)
-                last = (path, (np.arange(1, num_frames + 1, dtype=np.int64), values, fps))
+                values, fps = video_audio_features(path, model, smile)
+                last = (path, (np.arange(1, len(values) + 1, dtype=np.int64), values, fps))
             frames, values, fps = last[1]
             writer.write(name, frames, {features: values}, extra={"fps": np.float64(fps)})
             frames_done += len(frames)

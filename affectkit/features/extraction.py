@@ -341,3 +341,43 @@ def backbone_feature_model(name, image_size=112, weights=None, **hyperparameters
     if len(x.shape) == 4:
         x = keras.layers.GlobalAveragePooling2D(name="features")(x)
     return keras.Model(inputs, x, name=f"{name}_features")
+
+
+def cache_extractor(cache):
+    """The model that made a visual cache, rebuilt from its manifest, for the features of
+    new frames (`affectkit predict` on a video never cached).
+
+    A manifest `model` naming a model `file` (and `layer`) loads that file cut there; one
+    naming a `backbone` builds it with its `hyperparameters` and `weights` file, or, for a
+    randomly initialised one, from its recorded `seed`, as `keras.utils.set_random_seed`
+    and `backbone_feature_model` drew it.
+
+    Raises:
+        ValueError: naming the cache, when the manifest does not say how to rebuild it (an
+            unseeded random model, a callable).
+        FileNotFoundError: the model or weights file is gone.
+    """
+    import keras
+
+    from affectkit.models.backbones import model_file_backbone
+
+    model = cache.manifest.get("model") or {}
+    size = tuple(int(v) for v in cache.manifest.get("image_size") or (112, 112))
+    for key in ("file", "weights"):
+        if model.get(key) and not os.path.isfile(model[key]):
+            raise FileNotFoundError(f"{cache.path}: its features were made with {model[key]}, "
+                                    "which is gone; expected that file to compute the same "
+                                    "features of new frames.")
+    if model.get("file"):
+        return model_file_backbone(model["file"], layer=model.get("layer"),
+                                   input_shape=size + (3,), trainable=False)
+    if model.get("backbone") and (model.get("weights") or model.get("seed") is not None):
+        if not model.get("weights"):
+            keras.utils.set_random_seed(int(model["seed"]))
+        return backbone_feature_model(model["backbone"], size, weights=model.get("weights"),
+                                      **(model.get("hyperparameters") or {}))
+    raise ValueError(
+        f"{cache.path}: the manifest's model {model} says neither a model file nor a backbone "
+        "with its weights file or seed, so the same features of new frames cannot be computed; "
+        "expected a cache extracted from a model file or a backbone (`affectkit "
+        "extract-features --model FILE.keras|BACKBONE --weights FILE`).")

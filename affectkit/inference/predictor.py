@@ -27,11 +27,21 @@ import time
 import numpy as np
 import pandas as pd
 
+from affectkit.features.live import LiveFeatures
 from affectkit.inference.alignment import cut_view
 from affectkit.inference.video import ImageSequence, VideoReader
 from affectkit.metrics import AU_THRESHOLD
 
 FACE_COLUMNS = ("frame", "timestamp", "face_id", "success", "confidence", "x", "y", "w", "h")
+
+
+class _Slot:
+    """A face of a frame on its way through the frame and temporal steps."""
+
+    __slots__ = ("record", "k", "face_id", "crops", "item")
+
+    def __init__(self, record, k, face_id, crops):
+        self.record, self.k, self.face_id, self.crops, self.item = record, k, face_id, crops, None
 
 
 class _Frame:
@@ -77,12 +87,41 @@ def load_model(model):
     return load_model_file(path)
 
 
+def run_recipe(model, run_dir):
+    """The `Recipe` of the run directory that trained `model` (`config.json`), for what
+    the model file alone does not hold: how a model of cached features gets its inputs."""
+    from affectkit.recipes import get_recipe
+    from affectkit.training.run_directory import read_run_config
+
+    if run_dir is None or not os.path.isfile(os.path.join(run_dir, "config.json")):
+        raise ValueError(
+            f"{model.name}: a model of cached features (input_kind 'features', e.g. do2020's "
+            "temporal stage or liu2023's encoders) computes its inputs with its run's face "
+            "models or feature extractors; expected its run directory (or the model.keras "
+            "inside one, beside its config.json), not the model alone.")
+    record = read_run_config(run_dir)
+    return get_recipe(record["recipe"])(record["config"], record["data"], run_dir,
+                                        preset=record.get("preset"))
+
+
 class FacePredictor:
-    """Runs a frame model on the faces of videos and images.
+    """Runs a model on the faces of videos and images.
+
+    Every face's crop goes first through the model's *frame step*, `batch_size` faces at a
+    time: the model itself (`input_kind="images"`), or the per-frame features a model of
+    cached features was trained on, computed live (`affectkit.features.live`). A temporal
+    model then reads each face track as it was trained, with no later frame than that:
+    a clip model (`"clips"`, phan2022) and a segment model (liu2023) in consecutive
+    segments of their length, the last one of a track padded with its last frame (masked
+    by `valid`; an LSTM's state carried from one segment of a track to the next); a window
+    model (do2020) each frame with its `s - 1` previous ones (a track's first frame
+    repeated at its start), as `affectkit.data.sequences` cuts runs of frames in training.
 
     Args:
-        model: an affectkit model reading images (`input_kind="images"`), a `.keras` file or
-            a run directory. Its config gives the label schema, tasks, view and input size.
+        model: an affectkit model, a `.keras` file or a run directory. Its config gives
+            the label schema, tasks, view and input size; a model of cached features
+            needs its run directory (`run_recipe`), which holds its face models or
+            extractors.
         detector: `"blazeface"`, `"mtcnn"` or a callable frame -> list of `detection.Face`.
         every: detect every K frames and track in between (videos).
         batch_size: faces per model call.
@@ -97,30 +136,43 @@ class FacePredictor:
         from affectkit.inference.tracking import FaceTracker
         from affectkit.models.affect_model import label_schema
 
+        run_dir = os.fspath(model) if isinstance(model, (str, os.PathLike)) else None
+        if run_dir is not None and not os.path.isdir(run_dir):
+            run_dir = os.path.dirname(os.path.abspath(run_dir))
         self.model = load_model(model)
         self.schema = label_schema(self.model)
         config = self.model.get_config()
-        kind = config.get("input_kind", "images")
-        if kind not in ("images", "clips"):
-            raise ValueError(
-                f"{self.model.name}: a model of {kind} (cached features, e.g. do2020's "
-                "temporal stage or liu2023's fusion): affectkit predict runs models that read "
-                "face images (input_kind 'images' or 'clips').")
-        self.sequence_length = config.get("sequence_length") if kind == "clips" else None
+        self.kind = config.get("input_kind", "images")
         self.tasks = tuple(t for t in ("va", "expr", "au") if t in config["tasks"])
-        self.view, self.image_size = config["view"], int(config["image_size"])
+        self.features, self.layout = None, None
+        if self.kind == "features":
+            recipe = run_recipe(self.model, run_dir)
+            self.features = LiveFeatures(recipe.live_feature_sources())
+            self.layout = recipe.temporal_layout()
+            self.crops = self.features.crops
+        else:
+            self.crops = [(config["view"], int(config["image_size"]))]
+            if self.kind == "clips":
+                self.layout = {"kind": "segments", "length": int(config["sequence_length"])}
+        inputs = self.model.input if isinstance(self.model.input, dict) else {}
+        self.masked = "valid" in inputs  # a segment transformer: padding masked
+        self.stateful = "state_h" in inputs  # a segment LSTM: state carried
         self.batch_size = int(batch_size)
         self.au_threshold = float(au_threshold)
         self.columns = prediction_columns(self.schema, self.tasks)
         self.detector = make_detector(detector) if isinstance(detector, str) else detector
         self.tracker = FaceTracker(self.detector, every=every)
-        shape = (None, self.image_size, self.image_size, 3)
-        if self.sequence_length is not None:
-            shape = (None, self.sequence_length) + shape[1:]
-        # Crops travel as uint8; the model takes RGB in [0, 1] and normalises them itself.
-        self._call = tf.function(
-            lambda x: self.model(tf.cast(x, tf.float32) / 255.0, training=False),
-            input_signature=[tf.TensorSpec(shape, tf.uint8)])
+        if self.kind == "features":
+            self._call = tf.function(lambda x: self.model(x, training=False),
+                                     reduce_retracing=True)
+        else:
+            # Crops travel as uint8; the model takes RGB in [0, 1] and normalises them itself.
+            size = self.crops[0][1]
+            shape = (None, size, size, 3) if self.kind == "images" else (
+                None, self.layout["length"], size, size, 3)
+            self._call = tf.function(
+                lambda x: self.model(tf.cast(x, tf.float32) / 255.0, training=False),
+                input_signature=[tf.TensorSpec(shape, tf.uint8)])
         self.timings = dict.fromkeys(("decode", "detect", "align", "model"), 0.0)
         self.warnings = []
 
@@ -130,13 +182,16 @@ class FacePredictor:
         """Rows for `(index, timestamp, frame)` items, in frame order, a batch at a time.
 
         Yields lists of row dicts (keys `self.columns`). `on_frame(frame, rows)` is called
-        for every frame once its rows are known (the overlay writer). A frame model's
-        faces go to the model `batch_size` at a time; a clip model (`input_kind="clips"`)
-        reads each face track in clips of its `sequence_length` consecutive frames, as it
-        was trained: a clip ends early where the track does (padded with its last frame).
-        """
+        for every frame once its rows are known (the overlay writer). Faces go through the
+        frame step `batch_size` at a time, then, for a temporal model, track by track
+        through its segments or windows (see the class docstring)."""
         self.tracker.reset()
-        pending, queue, clips, ready = collections.deque(), [], {}, []
+        if self.features is not None:  # a video's sound, for a model that reads audio
+            self.features.start(getattr(frames, "path", None))
+        pending, ready = collections.deque(), []
+        self._events, self._faces = [], 0  # frame-step queue: faces, and tracks that ended
+        self._tracks, self._states, self._windows = {}, {}, []
+        live = set()  # the face ids of the previous frame
         clock = time.perf_counter()
         for index, timestamp, frame in frames:
             now = time.perf_counter()
@@ -144,34 +199,30 @@ class FacePredictor:
             faces = self.tracker.update(frame) if track else self._detect_still(frame)
             clock = time.perf_counter()
             self.timings["detect"] += clock - now
-            crops = [cut_view(frame, face.landmarks, face.landmark_names, self.view,
-                              self.image_size) for face in faces]
+            crops = [{(view, size): cut_view(frame, face.landmarks, face.landmark_names, view,
+                                             size) for view, size in self.crops}
+                     for face in faces]
             self.timings["align"] += time.perf_counter() - clock
             record = _Frame(index, timestamp, faces, frame if on_frame else None)
             pending.append(record)
-            slots = [(record, k, crop) for k, crop in enumerate(crops)]
-            if self.sequence_length is None:
-                queue += slots
-                if len(queue) >= self.batch_size:
-                    self._fill(queue)
-                    queue = []
-            else:
-                seen = {face.face_id for face in faces}
-                for face_id in [i for i in clips if i not in seen]:  # the track ended here
-                    self._fill(clips.pop(face_id))
-                for face, slot in zip(faces, slots):
-                    clip = clips.setdefault(face.face_id, [])
-                    clip.append(slot)
-                    if len(clip) == self.sequence_length:
-                        self._fill(clips.pop(face.face_id))
+            if self.layout is not None:  # the previous frame's tracks that ended here
+                ids = {face.face_id for face in faces}
+                self._events += [("end", i) for i in sorted(live - ids if track else live)]
+                live = ids
+            for k, (face, crop) in enumerate(zip(faces, crops)):
+                self._events.append(("face", _Slot(record, k, face.face_id, crop)))
+            self._faces += len(faces)
+            if self._faces >= self.batch_size:
+                self._frame_step()
             ready += self._ready_rows(pending, on_frame)
             if len(ready) >= self.batch_size:
                 yield ready
                 ready = []
             clock = time.perf_counter()
-        self._fill(queue)
-        for clip in clips.values():
-            self._fill(clip)
+        self._frame_step()
+        for face_id in list(self._tracks):
+            self._end_track(face_id)
+        self._run_windows()
         ready += self._ready_rows(pending, on_frame)
         if ready:
             yield ready
@@ -183,22 +234,102 @@ class FacePredictor:
         return [TrackedFace(i, f.box, f.score, f.landmarks, f.landmark_names)
                 for i, f in enumerate(found)]
 
-    def _fill(self, slots):
-        """Runs the model on the crops of `slots` (a batch, or one clip) and stores the values."""
-        if not slots:
+    def _frame_step(self):
+        """Runs the frame step on the queued faces, then hands them and the ended tracks,
+        in order, to the temporal step."""
+        events, self._events, self._faces = self._events, [], 0
+        slots = [item for kind, item in events if kind == "face"]
+        if slots:
+            clock = time.perf_counter()
+            if self.kind == "features":
+                crops = {key: np.stack([slot.crops[key] for slot in slots])
+                         for key in self.crops}
+                values = self.features(crops, [slot.record.index for slot in slots])
+                for i, slot in enumerate(slots):
+                    slot.item = {name: array[i] for name, array in values.items()}
+            elif self.kind == "clips":
+                for slot in slots:
+                    slot.item = slot.crops[self.crops[0]]
+            else:
+                self._store(slots, self._model_outputs(
+                    np.stack([slot.crops[self.crops[0]] for slot in slots])))
+            self.timings["model"] += time.perf_counter() - clock
+        if self.layout is None:
             return
+        for kind, item in events:
+            if kind == "end":
+                self._end_track(item)
+            elif self.layout["kind"] == "windows":
+                self._push_window(item)
+            else:
+                segment = self._tracks.setdefault(item.face_id, [])
+                segment.append(item)
+                if len(segment) == self.layout["length"]:
+                    self._run_segment(item.face_id, self._tracks.pop(item.face_id))
+
+    def _end_track(self, face_id):
+        """A track ended (its face left, or the input did): its last, partial segment runs;
+        its state and window history are dropped (a new track starts afresh)."""
+        track = self._tracks.pop(face_id, None)
+        if self.layout["kind"] == "segments" and track:
+            self._run_segment(face_id, track)
+        self._states.pop(face_id, None)
+
+    def _run_segment(self, face_id, slots):
+        """One segment of a track: its frames, padded with the last one to the length."""
         clock = time.perf_counter()
-        batch = np.stack([crop for _, _, crop in slots])
-        if self.sequence_length is not None:  # one clip, padded with its last frame
-            padding = self.sequence_length - len(batch)
-            batch = np.concatenate([batch, np.repeat(batch[-1:], padding, 0)])[None]
-        outputs = self._call(batch)
-        outputs = {task: np.asarray(outputs[task]) for task in self.tasks}
-        if self.sequence_length is not None:
-            outputs = {task: values[0] for task, values in outputs.items()}
+        length = self.layout["length"]
+        padded = slots + [slots[-1]] * (length - len(slots))
+        if self.kind == "clips":
+            inputs = np.stack([slot.item for slot in padded])[None]
+        else:
+            inputs = {name: np.stack([slot.item[name] for slot in padded])[None]
+                      for name in slots[0].item}
+            if self.masked:
+                inputs["valid"] = (np.arange(length) < len(slots))[None]
+            if self.stateful:
+                units = int(self.model.input["state_h"].shape[-1])
+                zeros = np.zeros((1, units), np.float32)
+                inputs["state_h"], inputs["state_c"] = self._states.get(face_id, (zeros, zeros))
+        outputs = self._call(inputs)
+        if self.stateful:
+            self._states[face_id] = (np.asarray(outputs["state_h"]),
+                                     np.asarray(outputs["state_c"]))
+        self._store(slots, {task: np.asarray(outputs[task])[0] for task in self.tasks})
         self.timings["model"] += time.perf_counter() - clock
-        for i, (record, k, _) in enumerate(slots):
-            record.values[k] = self._task_values(outputs, i)
+
+    def _push_window(self, slot):
+        """A frame of a window model: its windowed inputs with the track's previous frames
+        (the first one repeated at the track's start), the others its own."""
+        window = self.layout["window"]
+        history = self._tracks.get(slot.face_id)
+        if history is None:
+            history = self._tracks[slot.face_id] = collections.deque([slot.item] * window,
+                                                                     maxlen=window)
+        else:
+            history.append(slot.item)
+        slot.item = {name: (np.stack([item[name] for item in history])
+                            if name in self.layout["windowed"] else value)
+                     for name, value in slot.item.items()}
+        self._windows.append(slot)
+        if len(self._windows) >= self.batch_size:
+            self._run_windows()
+
+    def _run_windows(self):
+        slots, self._windows = self._windows, []
+        if slots:
+            clock = time.perf_counter()
+            self._store(slots, self._model_outputs(
+                {name: np.stack([slot.item[name] for slot in slots]) for name in slots[0].item}))
+            self.timings["model"] += time.perf_counter() - clock
+
+    def _model_outputs(self, inputs):
+        outputs = self._call(inputs)
+        return {task: np.asarray(outputs[task]) for task in self.tasks}
+
+    def _store(self, slots, outputs):
+        for i, slot in enumerate(slots):
+            slot.record.values[slot.k] = self._task_values(outputs, i)
 
     def _ready_rows(self, pending, on_frame):
         """The rows of the frames at the head of `pending` whose faces all have values."""

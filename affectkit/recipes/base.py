@@ -14,6 +14,7 @@ and per-frame predictions are made. Its presets are plain dicts in `affectkit.pr
 
 import abc
 import copy
+import json
 import os
 import warnings
 
@@ -338,6 +339,39 @@ class Recipe(abc.ABC):
         `index`, from the one segment (or whole run) that holds it."""
         dataset, segments = self.segment_dataset(index, sources)
         return segments.to_rows(predict_arrays(model, dataset, self.tasks), len(index.frames))
+
+    # ------------------------------------------------------------------ new videos
+
+    def live_feature_sources(self):
+        """The feature sources of a model of cached features, computed live for a new
+        video (`affectkit.features.live`, read by `affectkit predict`), in the form
+        `datasets` reads them from the caches. Recipes of such models define it."""
+        raise ValueError(f"{self.name}: its model reads cached features, and the recipe "
+                         "does not say how to compute them for a new video.")
+
+    def temporal_layout(self):
+        """How a model of cached features reads a face track, frame after frame:
+        `{"kind": "segments", "length": data.segment_length}` (a segment block; the model's
+        `valid` or state inputs say the rest) or `{"kind": "windows", "window": s,
+        "windowed": inputs}` (`window_inputs`)."""
+        if (self.model_config.get("temporal") or {}).get("type") in SEGMENT_BLOCKS:
+            self.segment_input()  # checks the inputs
+            return {"kind": "segments", "length": int(self.config["data"]["segment_length"])}
+        window, windowed = self.window_inputs()
+        return {"kind": "windows", "window": window, "windowed": windowed}
+
+    def recorded_path(self, key, default):
+        """A path the run's `metrics.json` records at `key` (absolute, as it was written),
+        else `default` (where the config puts it, e.g. inside the run directory): the
+        first that exists, else `default`."""
+        path = os.path.join(self.out, "metrics.json")
+        recorded = None
+        if os.path.isfile(path):
+            with open(path) as f:
+                recorded = json.load(f).get(key)
+        if recorded and os.path.exists(recorded) and not os.path.exists(default):
+            return recorded
+        return default
 
     def named_weights(self, config):
         """The pretrained weights `config` names at `weights_key` (a name, a path or None)."""

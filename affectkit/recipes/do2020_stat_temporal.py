@@ -309,6 +309,27 @@ class StatTemporalRecipe(Recipe):
     def predict_frames(self, model, index):
         return self.predict_windows(model, index, self.feature_sources())
 
+    def live_feature_sources(self):
+        """The temporal model's inputs on a new video: the outputs of the first face model
+        of the face directory's plan (`face_models.json`) on the model's view. Out of fold,
+        every fold model makes inputs of the kind the temporal model trained on (each its
+        outputs on videos it never saw), so any one serves a video no model saw."""
+        from affectkit.features.live import VisualFeatures
+
+        face_dir = self.recorded_path("face_dir", self.face_paths()[0])
+        self.config["face"]["dir"] = face_dir
+        record_path = os.path.join(face_dir, FACE_MODELS_FILE)
+        if not os.path.isfile(record_path):
+            raise FileNotFoundError(
+                f"{record_path}: no such file; the temporal model reads the outputs of the "
+                "face models of its run's face directory (phase a), expected there.")
+        with open(record_path) as f:
+            name = sorted(json.load(f)["models"])[0]
+        source = VisualFeatures(self.load_face_model(name),
+                                self.model_config.get("view", "aligned"),
+                                self.config["face"]["image_size"], "unit")
+        return {output: (source, [output]) for output in FACE_OUTPUTS}
+
     def extra_report(self, best, val_index):
         """The variant, its window, the face model's softmax alone on the same frames, and
         what made the temporal model's training inputs (`face_training_outputs`)."""

@@ -128,15 +128,42 @@ class MultimodalEnsembleRecipe(Recipe):
                 "\"hyperparameters\": {}}').")
         model, description = visual_feature_model(visual, self.config["seed"])
         size = int(visual.get("image_size") or 112)
-        paths = [os.path.join(cache_dir, f"visual_{visual_cache_tag(visual)}_{size}px")]
+        paths = self.cache_paths(cache_dir)
         extract_features(model, self.data, paths[0], image_size=size, view=VIEW,
                          normalization="unit", description=description)
+        for audio, path in zip(settings.get("audio") or (), paths[1:]):
+            extract_audio_features(self.data, path, features=audio)
+        return paths
+
+    def cache_paths(self, cache_dir):
+        """The folders `build_caches` writes in `cache_dir`: the visual cache, then one per
+        entry of `features.audio`."""
+        settings = self.config["features"]
+        visual = settings["visual"]
+        size = int(visual.get("image_size") or 112)
+        paths = [os.path.join(cache_dir, f"visual_{visual_cache_tag(visual)}_{size}px")]
         for audio in settings.get("audio") or ():
             if audio not in AUDIO_FEATURES:
                 raise ValueError(f"features.audio {audio!r}: expected some of {AUDIO_FEATURES}.")
             paths.append(os.path.join(cache_dir, f"audio_{audio}"))
-            extract_audio_features(self.data, paths[-1], features=audio)
         return paths
+
+    def live_feature_sources(self):
+        """The caches' features computed live for a new video (`features.live.live_source`):
+        the visual extractor rebuilt from its cache's manifest, the audio features of the
+        video's sound track, concatenated in the caches' order."""
+        from affectkit.features.live import live_source
+
+        settings = self.config["features"]
+        paths = settings.get("caches")
+        if not paths:
+            cache_dir = settings.get("cache_dir") or os.path.join(self.out, "features")
+            paths = self.cache_paths(cache_dir)
+        path = os.path.join(self.out, "metrics.json")
+        if os.path.isfile(path) and not all(os.path.isdir(p) for p in paths):
+            with open(path) as f:  # the absolute folders the run read
+                paths = list(json.load(f).get("feature_caches") or paths)
+        return [live_source(FeatureCache(p)) for p in paths]
 
     # ------------------------------------------------------------------ folds
 
