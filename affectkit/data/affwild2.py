@@ -1119,6 +1119,14 @@ class FrameIndex:
                 out["au"] = self.frames[list(self.schema.aus)].to_numpy(np.float32)
         return out
 
+    def image_paths(self, view="aligned", rows=None):
+        """The image path used for each row in `view` (`""` where none), as a list: every
+        row, or the row numbers `rows`. Read paths through this, not a column."""
+        column = self.frames[view_columns(view).path]
+        if rows is None:
+            return column.tolist()
+        return column.to_numpy()[np.asarray(rows, np.int64)].tolist()
+
     def _labelled(self, task):
         """Rows with a complete label of `task` (va: both values; au: every AU)."""
         f = self.frames
