@@ -34,6 +34,10 @@ class VisualFeatures:
         self.normalization = normalization
         self.outputs = None if outputs is None else tuple(outputs)
 
+    def start(self, path):
+        """Readies a new input (a video file's `path`, or None for images); a subclass may
+        pick its model by the input here."""
+
     @property
     def crop(self):
         """`(view, image_size)` of the crops this source reads."""
@@ -121,8 +125,8 @@ class LiveFeatures:
         if path is None and self.audio:
             raise ValueError("The model reads audio features, which only a video file has; "
                              "expected videos (images have no sound).")
-        for source in self.audio:
-            if source.path != path:
+        for source in self.sources:
+            if not isinstance(source, AudioFeatures) or source.path != path:
                 source.start(path)
 
     def __call__(self, crops, frame_indices):

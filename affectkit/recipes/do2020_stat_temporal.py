@@ -76,6 +76,7 @@ from affectkit.data.splits import assign_folds
 from affectkit.features.audio import source_video_name
 from affectkit.features.cache import FeatureCache
 from affectkit.features.extraction import extract_features
+from affectkit.features.live import VisualFeatures
 from affectkit.models.backbones.pretrained import resolve_weights
 from affectkit.models.backbones.resnet_vggface2 import do2020_face_model
 from affectkit.recipes.base import Recipe
@@ -248,6 +249,37 @@ def face_model_plan(training_outputs, train_videos, other_videos, folds=5, seed=
             for k, (held_out, share) in enumerate(zip(cut, shares), start=1)}
 
 
+class PlannedFaceModels(VisualFeatures):
+    """The face models of a plan (`face_model_plan`) as the live source of their cache.
+
+    A video the plan knows (its file named as an Aff-Wild2 video, or as the source of
+    `_left` / `_right` tracks) gets the outputs of the model that made its cached ones, so
+    its predictions are those of validation; any other video gets the first model's. Out
+    of fold, every fold model makes inputs of the kind the temporal model trained on (its
+    outputs on videos it never saw), so any one serves a video none of them saw.
+
+    Args:
+        load: model name -> the face model (`StatTemporalRecipe.load_face_model`).
+        plan: the plan, model name -> `{"trained_on", "outputs_for"}`.
+        view, image_size: the crops the face models read.
+    """
+
+    def __init__(self, load, plan, view, image_size):
+        super().__init__(None, view, image_size, "unit")
+        self.load, self.models, self.first = load, {}, sorted(plan)[0]
+        self.made_by = {video: name for name, entry in plan.items()
+                        for video in entry["outputs_for"]}
+        self.start(None)
+
+    def start(self, path):
+        stem = os.path.splitext(os.path.basename(path))[0] if path else ""
+        name = next((self.made_by[video] for video in (stem, stem + "_left")
+                     if video in self.made_by), self.first)
+        if name not in self.models:
+            self.models[name] = self.load(name)
+        self.model, self.model_name = self.models[name], name
+
+
 def weights_fingerprint(model):
     """SHA-1 of a model's weights: the cache manifest names the exact face model."""
     digest = hashlib.sha1()
@@ -310,12 +342,9 @@ class StatTemporalRecipe(Recipe):
         return self.predict_windows(model, index, self.feature_sources())
 
     def live_feature_sources(self):
-        """The temporal model's inputs on a new video: the outputs of the first face model
-        of the face directory's plan (`face_models.json`) on the model's view. Out of fold,
-        every fold model makes inputs of the kind the temporal model trained on (each its
-        outputs on videos it never saw), so any one serves a video no model saw."""
-        from affectkit.features.live import VisualFeatures
-
+        """The temporal model's inputs on a new video: the outputs of a face model of the
+        face directory's plan (`face_models.json`, `PlannedFaceModels`) on the model's
+        view."""
         face_dir = self.recorded_path("face_dir", self.face_paths()[0])
         self.config["face"]["dir"] = face_dir
         record_path = os.path.join(face_dir, FACE_MODELS_FILE)
@@ -324,10 +353,10 @@ class StatTemporalRecipe(Recipe):
                 f"{record_path}: no such file; the temporal model reads the outputs of the "
                 "face models of its run's face directory (phase a), expected there.")
         with open(record_path) as f:
-            name = sorted(json.load(f)["models"])[0]
-        source = VisualFeatures(self.load_face_model(name),
-                                self.model_config.get("view", "aligned"),
-                                self.config["face"]["image_size"], "unit")
+            plan = json.load(f)["models"]
+        source = PlannedFaceModels(self.load_face_model, plan,
+                                   self.model_config.get("view", "aligned"),
+                                   self.config["face"]["image_size"])
         return {output: (source, [output]) for output in FACE_OUTPUTS}
 
     def extra_report(self, best, val_index):
