@@ -91,11 +91,11 @@ def test_read_annotation_file_values_crlf_and_trailing_blanks(tmp_path):
     np.testing.assert_array_equal(got, [[0.5, -0.25], [-5, -5], [1, -1]])
     expr = write(tmp_path / "e.txt", f"{EXPR8}\n7\n-1\n0\n")
     got = read_annotation_file(expr, "expr", "abaw3")
-    assert got.dtype == np.int64
+    assert got.dtype == np.int8  # compact: Aff-Wild2 has 2.7 M frames
     np.testing.assert_array_equal(got, [7, -1, 0])
     au = write(tmp_path / "au.txt", f"{AUS8}\n1,0,0,1,0,0,1,0\n-1,-1,-1,-1,-1,-1,-1,-1\n")
     got = read_annotation_file(au, "au", "abaw1")
-    assert got.dtype == np.int64 and got.shape == (2, 8)
+    assert got.dtype == np.int8 and got.shape == (2, 8)
     np.testing.assert_array_equal(got[0], [1, 0, 0, 1, 0, 0, 1, 0])
     np.testing.assert_array_equal(got[1], [-1] * 8)
 
@@ -207,7 +207,7 @@ def test_from_affwild2_union_of_frames_and_markers(tmp_path, layout):
     assert index.videos == ["vid_a", "vid_b"] and len(index) == 9
     assert f["video"].tolist() == ["vid_a"] * 6 + ["vid_b"] * 3
     assert f["frame"].tolist() == [1, 2, 3, 4, 5, 6, 1, 2, 3]
-    assert f["frame"].dtype == np.int64 and f["expr"].dtype == np.int64
+    assert f["frame"].dtype == np.int64 and f["expr"].dtype == np.int8
     assert f["valence"].dtype == np.float32 and f["has_image"].dtype == bool
     np.testing.assert_array_equal(
         f["valence"], [0.5, -5, 1, 0.125, -5, -5, -5, -5, -5])
@@ -215,7 +215,8 @@ def test_from_affwild2_union_of_frames_and_markers(tmp_path, layout):
         f["arousal"], [-0.25, -5, -1, 0.75, -5, -5, -5, -5, -5])
     assert f["expr"].tolist() == [0, 3, -1, 6, 2, 1, 4, 5, -1]
     au = f[list(schema.aus)].to_numpy()
-    assert all(f[a].dtype == np.int64 for a in schema.aus)
+    assert all(f[a].dtype == np.int8 for a in schema.aus)
+    assert f["image_frame"].dtype == np.int32 and "image_aligned" not in f  # paths on demand
     np.testing.assert_array_equal(au[:6], -1)  # vid_a has no AU file
     np.testing.assert_array_equal(au[6], [1, 0, 0, 1] + [0] * (k - 4))
     np.testing.assert_array_equal(au[7], [-1] * k)
@@ -224,13 +225,13 @@ def test_from_affwild2_union_of_frames_and_markers(tmp_path, layout):
     assert f["has_image"].tolist() == [True, True, False, False, True, False, False, True, False]
     assert f["image_frame"].tolist() == [1, 2, -1, -1, 5, -1, -1, 2, -1]
     aligned = os.path.join(os.path.abspath(root), "cropped_aligned")
-    assert f["image_aligned"].tolist()[:3] == [
+    assert index.image_paths("aligned")[:3] == [
         os.path.join(aligned, "vid_a", "00001.jpg"),
         os.path.join(aligned, "vid_a", "00002.jpg"),
         "",
     ]
-    assert f["image_cropped"].iloc[7] == os.path.join(
-        os.path.abspath(root), "cropped", "vid_b", "00002.jpg")
+    assert index.image_paths("cropped", [7]) == [os.path.join(
+        os.path.abspath(root), "cropped", "vid_b", "00002.jpg")]
     # Both views hold the same images here, so their availability columns agree.
     assert f["has_image_cropped"].tolist() == f["has_image"].tolist()
     assert f["image_frame_cropped"].tolist() == f["image_frame"].tolist()
@@ -261,8 +262,9 @@ def test_summary_counts_and_nearest_fill(tmp_path):
     # vid_a images at 1, 2, 5: 3 -> 2, 4 -> 5, 6 -> 5; vid_b image at 2 only.
     assert f["image_frame"].tolist() == [1, 2, 2, 5, 5, 5, 2, 2, 2]
     assert f["has_image"].tolist() == index.frames["has_image"].tolist()
-    assert f["image_aligned"].iloc[3].endswith(os.path.join("vid_a", "00005.jpg"))
-    assert f["image_cropped"].iloc[8].endswith(os.path.join("cropped", "vid_b", "00002.jpg"))
+    assert filled.image_paths()[3].endswith(os.path.join("vid_a", "00005.jpg"))
+    assert filled.image_paths("cropped")[8].endswith(os.path.join("cropped", "vid_b",
+                                                                   "00002.jpg"))
     assert filled.summary().equals(summary)
     assert len(filled.with_images_only()) == 9
     only = index.with_images_only()
@@ -286,7 +288,7 @@ def test_nearest_fill_ties_take_the_earlier_frame(tmp_path):
     assert f["video"].tolist() == ["noimg"] * 2 + ["v"] * 9
     # 1, 2 -> 3; 4 -> 3; 5 is a tie between 3 and 7 -> 3; 6 -> 7; 8, 9 -> 7.
     assert f["image_frame"].tolist() == [-1, -1, 3, 3, 3, 3, 3, 7, 7, 7, 7]
-    assert f["image_aligned"].tolist()[:2] == ["", ""]
+    assert index.image_paths()[:2] == ["", ""]
     assert index.summary().loc["va", "frames_without_image"] == 9
     assert index.with_images_only().videos == ["v"]
 
@@ -321,9 +323,10 @@ def test_image_availability_is_per_view(tmp_path):
     assert f["has_image_cropped"].tolist() == [True, True, False, True, True, True, True]
     assert f["image_frame"].tolist() == [1, 2, 3, 4, 5, -1, 7]
     assert f["image_frame_cropped"].tolist() == [1, 2, -1, 4, 5, 6, 7]
-    assert f["image_aligned"].iloc[2] == os.path.join(aligned_dir, "00003.jpg")
-    assert f["image_cropped"].iloc[2] == "" and f["image_aligned"].iloc[5] == ""
-    assert f["image_cropped"].iloc[5] == os.path.join(cropped_dir, "00006.jpg")
+    aligned, cropped = index.image_paths("aligned"), index.image_paths("cropped")
+    assert aligned[2] == os.path.join(aligned_dir, "00003.jpg")
+    assert cropped[2] == "" and aligned[5] == ""
+    assert cropped[5] == os.path.join(cropped_dir, "00006.jpg")
     assert index.with_images_only().frames["frame"].tolist() == [1, 2, 3, 4, 5, 7]
     assert index.with_images_only("cropped").frames["frame"].tolist() == [1, 2, 4, 5, 6, 7]
     assert index.summary().loc["va", "frames_without_image"] == 1
@@ -333,8 +336,8 @@ def test_image_availability_is_per_view(tmp_path):
     g = filled.frames
     assert g["image_frame"].tolist() == [1, 2, 3, 4, 5, 5, 7]  # 6: tie 5 / 7 -> 5
     assert g["image_frame_cropped"].tolist() == [1, 2, 2, 4, 5, 6, 7]  # 3: tie 2 / 4 -> 2
-    assert g["image_cropped"].iloc[2] == os.path.join(cropped_dir, "00002.jpg")
-    assert g["image_aligned"].iloc[5] == os.path.join(aligned_dir, "00005.jpg")
+    assert filled.image_paths("cropped")[2] == os.path.join(cropped_dir, "00002.jpg")
+    assert filled.image_paths("aligned")[5] == os.path.join(aligned_dir, "00005.jpg")
     with pytest.raises(ValueError, match="view"):
         index.with_images_only("profile")
 
@@ -422,8 +425,8 @@ def test_from_mtl_file_values_root_and_images(tmp_path, edition, name):
         assert f["AU1"].tolist() == [1, -1, 0, 0] and f["AU26"].tolist() == [1, -1, 0, 0]
         assert f["has_image"].tolist() == [True, False, False, False]
         assert f["image_frame"].tolist() == [1, 2, -1, -1]
-        assert f["image_aligned"].iloc[1] == os.path.join(
-            str(root), "cropped_aligned", "vid_a", "00002.jpg")
+        assert index.image_paths("aligned", [1]) == [os.path.join(
+            str(root), "cropped_aligned", "vid_a", "00002.jpg")]
     other = "train" if split == "val" else "val"
     with pytest.raises(FileNotFoundError, match="MTL"):
         FrameIndex.from_mtl(str(root), edition, other)

@@ -370,5 +370,5 @@ def test_frame_index_from_affwild2_layout(tmp_path):
         assert images.shape == (expected_rows, SIZE, SIZE, 3)
         assert (labels["va"] == -5).all(axis=1).sum() == 2
         rows = pipeline.frame_rows(index, policy)
-        for image, path in zip(images, rows["image_aligned"]):
+        for image, path in zip(images, index.image_paths("aligned", rows.index)):
             np.testing.assert_array_equal(image, _cv2_rgb(path))

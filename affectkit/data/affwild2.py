@@ -183,7 +183,9 @@ class ViewColumns(NamedTuple):
     """The `FrameIndex.frames` columns of one view's images.
 
     Attributes:
-        path: the image used for the frame in this view (absolute path, `""` when none).
+        path: an optional column of the image used for the frame in this view (absolute
+            path, `""` when none); indexes read from Aff-Wild2 derive it on demand
+            (`FrameIndex.image_paths`) instead of holding a string per frame.
         has_image: the frame's own image exists in this view's folder.
         image_frame: the frame whose image is used (the frame itself, the nearest one with
             an image when filled, or -1).
@@ -198,8 +200,7 @@ VIEW_COLUMNS = {
     "aligned": ViewColumns("image_aligned", "has_image", "image_frame"),
     "cropped": ViewColumns("image_cropped", "has_image_cropped", "image_frame_cropped"),
 }
-IMAGE_COLUMNS = ("image_aligned", "image_cropped", "has_image", "image_frame",
-                 "has_image_cropped", "image_frame_cropped")
+IMAGE_COLUMNS = ("has_image", "image_frame", "has_image_cropped", "image_frame_cropped")
 
 
 def frame_columns(schema):
@@ -295,8 +296,8 @@ def _cast_task(task, values):
     if task == "va":
         return np.asarray(values, np.float32).reshape(-1, 2)
     if task == "expr":
-        return np.asarray(values, np.int64).reshape(-1)
-    return np.asarray(values, np.int64).reshape(len(values), -1)
+        return np.asarray(values, np.int8).reshape(-1)
+    return np.asarray(values, np.int8).reshape(len(values), -1)
 
 
 # ---------------------------------------------------------------------- parsing
@@ -430,7 +431,7 @@ def read_annotation_file(path, task, schema):
         schema: `LabelSchema` or edition name; the header must be exactly
             `annotation_header(task, schema)`.
     Returns:
-        one row per frame: va `(n, 2)` float32, expr `(n,)` int64, au `(n, num_aus)` int64,
+        one row per frame: va `(n, 2)` float32, expr `(n,)` int8, au `(n, num_aus)` int8,
         missing markers (-5, -1) kept.
     Raises:
         AnnotationError: naming the file and 1-based line, for a wrong header, column
@@ -490,7 +491,7 @@ def read_mtl_file(path, schema, submission=False):
             `mtl_header(schema)`.
     Returns:
         DataFrame with columns `video` (str), `frame` (int64), `valence`, `arousal`
-        (float32), `expr` (int64) and one int64 column per AU of `schema.aus`, in file order.
+        (float32), `expr` (int8) and one int8 column per AU of `schema.aus`, in file order.
     """
     schema = get_schema(schema)
     path = os.fspath(path)
@@ -532,8 +533,8 @@ def read_mtl_file(path, schema, submission=False):
         "frame": frame,
         "valence": values[:, 0].astype(np.float32),
         "arousal": values[:, 1].astype(np.float32),
-        "expr": values[:, 2].astype(np.int64),
-        **{name: values[:, 3 + j].astype(np.int64) for j, name in enumerate(aus)},
+        "expr": values[:, 2].astype(np.int8),
+        **{name: values[:, 3 + j].astype(np.int8) for j, name in enumerate(aus)},
     })
     duplicate = _first_duplicate(video, frame)
     if duplicate is not None:
@@ -863,19 +864,13 @@ def _image_columns(videos, frames, root, fill):
     columns = {}
     for view, columns_of_view in VIEW_COLUMNS.items():
         has_image = np.zeros(n, bool)
-        image_frame = np.full(n, -1, np.int64)
-        paths = np.full(n, "", dtype=object)
+        image_frame = np.full(n, -1, np.int32)
         folder = None if root is None else os.path.join(root, VIEW_FOLDERS[view])
         if folder is not None and n and os.path.isdir(folder):
             for start, stop in zip(starts.tolist(), stops.tolist()):
-                available, listed = list_frame_images(os.path.join(folder, str(videos[start])))
+                available, _ = list_frame_images(os.path.join(folder, str(videos[start])))
                 has, used = _match_images(frames[start:stop], available, fill)
                 has_image[start:stop], image_frame[start:stop] = has, used
-                found = np.flatnonzero(used >= 0)
-                if len(found):
-                    listed = np.asarray(listed, dtype=object)
-                    paths[start + found] = listed[np.searchsorted(available, used[found])]
-        columns[columns_of_view.path] = paths
         columns[columns_of_view.has_image] = has_image
         columns[columns_of_view.image_frame] = image_frame
     return {name: columns[name] for name in IMAGE_COLUMNS}
@@ -899,14 +894,12 @@ def _build_frames(video, frame, va, expr, au, schema, root, fill):
         "frame": frame,
         "valence": np.asarray(va[:, 0], np.float32),
         "arousal": np.asarray(va[:, 1], np.float32),
-        "expr": np.asarray(expr, np.int64),
+        "expr": np.asarray(expr, np.int8),
     }
     for j, name in enumerate(schema.aus):
-        columns[name] = np.asarray(au[:, j], np.int64)
+        columns[name] = np.asarray(au[:, j], np.int8)
     columns.update(_image_columns(video, frame, root, fill))
-    frames = pd.DataFrame(columns)
-    frames["video"] = frames["video"].astype(str)
-    return frames
+    return pd.DataFrame(columns, copy=False)
 
 
 def _union_frames(per_task, schema):
@@ -923,8 +916,8 @@ def _union_frames(per_task, schema):
     frame = np.arange(total, dtype=np.int64) - np.repeat(offsets, lengths) + 1
     labels = {
         "va": np.full((total, 2), schema.va_missing, np.float32),
-        "expr": np.full(total, schema.expr_missing, np.int64),
-        "au": np.full((total, schema.num_aus), schema.au_missing, np.int64),
+        "expr": np.full(total, schema.expr_missing, np.int8),
+        "au": np.full((total, schema.num_aus), schema.au_missing, np.int8),
     }
     for task, arrays in per_task.items():
         if not arrays:
@@ -954,7 +947,7 @@ class FrameIndex:
     """One row per frame of Aff-Wild2, all tasks, missing markers kept.
 
     `frames` columns, in order: `video` (str), `frame` (int64, 1-based), `valence`,
-    `arousal` (float32, -5 missing), `expr` (int64, -1 missing), one int64 column per AU
+    `arousal` (float32, -5 missing), `expr` (int8, -1 missing), one int8 column per AU
     of `schema.aus` (-1 missing), then the image columns of each view (`view_columns`):
 
         view        path             has_image            image_frame
@@ -1121,11 +1114,24 @@ class FrameIndex:
 
     def image_paths(self, view="aligned", rows=None):
         """The image path used for each row in `view` (`""` where none), as a list: every
-        row, or the row numbers `rows`. Read paths through this, not a column."""
-        column = self.frames[view_columns(view).path]
-        if rows is None:
-            return column.tolist()
-        return column.to_numpy()[np.asarray(rows, np.int64)].tolist()
+        row, or the row numbers `rows`.
+
+        Derived on demand, `<root>/<view folder>/<video>/<image_frame:05d>.jpg` (the one
+        file name `list_frame_images` takes), so an index of millions of frames holds no
+        string per frame; frames given with their own path column (`ViewColumns.path`)
+        keep those paths."""
+        columns = view_columns(view)
+        frames = self.frames
+        rows = slice(None) if rows is None else np.asarray(rows, np.int64)
+        if columns.path in frames.columns:
+            return frames[columns.path].to_numpy()[rows].tolist()
+        used = frames[columns.image_frame].to_numpy()[rows]
+        if self.root is None:
+            return [""] * len(used)
+        videos = frames["video"].to_numpy()[rows]
+        folder = os.path.join(self.root, VIEW_FOLDERS[view], "")
+        return [f"{folder}{video}{os.sep}{frame:05d}.jpg" if frame >= 0 else ""
+                for video, frame in zip(videos.tolist(), used.tolist())]
 
     def _labelled(self, task):
         """Rows with a complete label of `task` (va: both values; au: every AU)."""

@@ -124,18 +124,15 @@ def label_arrays(index, tasks=TASKS, missing_images="skip", view="aligned"):
 
 
 def _image_paths(index, view, mask):
-    column = view_columns(view).path
-    frames = index.frames
-    if column not in frames.columns:
-        raise ValueError(f"FrameIndex has no column {column!r} (needed for view={view!r}).")
-    paths = frames[column].to_numpy()[mask]
+    rows = np.flatnonzero(mask)
+    paths = np.asarray(index.image_paths(view, rows), dtype=object)
     bad = np.flatnonzero([not (isinstance(p, str) and p) for p in paths])
     if len(bad):
-        row = frames[mask].iloc[bad[0]]
+        row = index.frames.iloc[rows[bad[0]]]
         raise ValueError(
-            f"{len(bad)} selected frames have no {column!r} path, first video "
-            f"{row['video']!r} frame {row['frame']}: expected a JPEG path for every frame "
-            f"with an image of the {view!r} view (`{view_columns(view).has_image}`, or "
+            f"{len(bad)} selected frames have no image path in the {view!r} view, first "
+            f"video {row['video']!r} frame {row['frame']}: expected a JPEG path for every "
+            f"frame with an image of the {view!r} view (`{view_columns(view).has_image}`, or "
             f"`{view_columns(view).image_frame} >= 0` with missing_images='fill')."
         )
     return paths.astype(str)

@@ -68,19 +68,21 @@ def _select(names, videos, where):
 def _index_frame_images(index, view, videos):
     columns = view_columns(view)
     frames = index.frames
+    keep = np.ones(len(frames), bool)
     if videos is not None:
-        frames = frames[frames["video"].isin(_select(index.videos, videos, "the index"))]
-    out = {video: (np.zeros(0, np.int64), []) for video in sorted(set(frames["video"]))}
-    frames = frames[frames[columns.has_image].to_numpy(bool)]
+        keep = frames["video"].isin(_select(index.videos, videos, "the index")).to_numpy()
+    out = {video: (np.zeros(0, np.int64), [])
+           for video in sorted(set(frames["video"].to_numpy()[keep]))}
+    rows = np.flatnonzero(keep & frames[columns.has_image].to_numpy(bool))
+    frames = frames.iloc[rows].assign(path=index.image_paths(view, rows))
     for video, rows in frames.groupby("video", sort=True):
         rows = rows.sort_values("frame").drop_duplicates("frame")
-        paths = rows[columns.path].tolist()
+        paths = rows["path"].tolist()
         empty = [f for f, p in zip(rows["frame"], paths) if not (isinstance(p, str) and p)]
         if empty:
             raise ValueError(
-                f"{video}: frame {empty[0]} has {columns.has_image}=True but no "
-                f"{columns.path!r} path; expected a JPEG path for every frame with an image "
-                f"in the {view!r} view."
+                f"{video}: frame {empty[0]} has {columns.has_image}=True but no image path; "
+                f"expected a JPEG path for every frame with an image in the {view!r} view."
             )
         out[video] = (rows["frame"].to_numpy(np.int64), paths)
     return out
