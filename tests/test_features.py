@@ -187,6 +187,43 @@ def test_window_dataset_reads_from_caches(cache_dir, train_index):
     assert y["expr"].shape == (16,)
 
 
+def test_memory_mapped_features_equal_the_loaded_ones(tmp_path, cache_dir, model,
+                                                    train_index):
+    """`MappedFeatures` reads rows from the memory-mapped `.npz` files: the same values as
+    `feature_matrix` (float32 and float16 caches, nearest-frame fill, an array part), and
+    the window and segment datasets built on it give the same batches."""
+    from affectkit.data.sequences import segment_dataset, window_dataset
+    from affectkit.features.cache import MappedFeatures
+
+    index = FrameIndex.from_affwild2(train_index.root, "abaw3", "train",
+                                     fill_missing_images=True)
+    half = str(tmp_path / "half")
+    extract_features(model, train_index, half, batch_size=16, dtype="float16", verbose=0)
+    extra = np.random.default_rng(0).random((len(index), 2), np.float32)
+    for sources in ([FeatureCache(cache_dir), extra], (FeatureCache(half), ["feature"])):
+        mapped = MappedFeatures(index, sources)
+        expected = feature_matrix(index, sources)
+        assert mapped.shape == expected.shape
+        rows = np.random.default_rng(1).integers(0, len(index), 50)
+        np.testing.assert_array_equal(mapped[rows], expected[rows])
+        # What it holds per row: a video id and a position per cache, not the features.
+        held = mapped.codes.nbytes + sum(p[2].nbytes for p in mapped.parts
+                                         if isinstance(p, tuple))
+        assert held == 8 * len(index)
+    cache = FeatureCache(cache_dir)
+    inputs = {"probabilities": (cache, "probabilities"), "feature": [cache]}
+    for build, options in ((window_dataset, dict(windowed="probabilities", window=8)),
+                           (segment_dataset, dict(length=8))):
+        batches = [list(build(index, inputs, batch_size=16, tasks=("expr",),
+                              missing_images="fill", mapped=mapped, **options))
+                   for mapped in (False, True)]
+        assert len(batches[0]) == len(batches[1]) > 1
+        for (x0, y0), (x1, y1) in zip(*batches):
+            for name in inputs:
+                np.testing.assert_array_equal(x0[name], x1[name])
+            np.testing.assert_array_equal(y0["expr"], y1["expr"])
+
+
 def test_unknown_video_names_the_video(cache_dir, train_index):
     table = pd.DataFrame({"video": ["not_there"], "frame": [1]})
     with pytest.raises(ValueError, match="not_there"):

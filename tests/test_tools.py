@@ -67,3 +67,9 @@ def test_bench_predict_prints_every_method_against_the_naive_loop():
 def test_bench_predict_memory_prints_the_ratio():
     out = run_tool("bench_predict_memory.py", "--minutes", "0.05", "0.1")
     assert "ratio long / short" in out
+
+
+def test_bench_scale_prints_the_frameindex_and_the_mapped_windows():
+    out = run_tool("bench_scale.py", "--frames", "30000", "--videos", "12")
+    assert "FrameIndex (train, 30000 frames, 12 videos)" in out
+    assert "memory-mapped" in out and "windows/s" in out

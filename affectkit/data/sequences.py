@@ -42,11 +42,15 @@ import tensorflow as tf
 
 from affectkit.data.affwild2 import view_columns
 from affectkit.data.pipeline import TASKS, _check_tasks, _row_mask, label_arrays
-from affectkit.features.cache import feature_matrix
+from affectkit.features.cache import MappedFeatures, feature_matrix
 
 SEGMENT_ORDERS = ("video", "shuffle", "streams")
 BALANCE_CHOICES = (None, "expr")
 INFO_KEYS = ("valid", "starts_video", "segment")
+# Feature matrices up to this size stay in memory (`tf.gather`); larger ones, or any with
+# `mapped=True`, are read on demand from the memory-mapped caches (`MappedFeatures`).
+RESIDENT_BYTES = 1 << 30
+MAPPED_CHOICES = ("auto", True, False)
 
 _LABEL_DTYPES = {"va": np.float32, "expr": np.int32, "au": np.float32}
 
@@ -302,18 +306,34 @@ def _index_runs(index):
     return video_runs(frames["video"].to_numpy(), frames["frame"].to_numpy(np.int64))
 
 
-def _input_matrices(index, inputs, view):
-    """`(matrices, single)`: name -> float32 `(n, dim)` tf constant, and whether `inputs`
-    was one source rather than a dict. Visual caches must be of `view`."""
+def _input_matrices(index, inputs, view, mapped="auto"):
+    """`(matrices, single)`: name -> the features of every index row, a float32 tf constant
+    or (`mapped`) a `MappedFeatures` read on demand, and whether `inputs` was one source
+    rather than a dict. Visual caches must be of `view`."""
     single = not isinstance(inputs, dict)
     sources = {"features": inputs} if single else dict(inputs)
     if not sources:
         raise ValueError("`inputs` is an empty dict: expected at least one feature source.")
+    if mapped not in MAPPED_CHOICES:
+        raise ValueError(f"mapped={mapped!r}: expected one of {MAPPED_CHOICES}.")
     matrices = {}
     for name, source in sources.items():
-        matrix = feature_matrix(index, source, view=view)
-        matrices[name] = tf.constant(matrix)
+        features = MappedFeatures(index, source, view=view)
+        resident = features.shape[0] * features.dim * 4 <= RESIDENT_BYTES
+        if mapped is True or (mapped == "auto" and not resident):
+            matrices[name] = features
+        else:
+            matrices[name] = tf.constant(feature_matrix(index, source, view=view))
     return matrices, single
+
+
+def _gather(matrix, rows):
+    """`tf.gather(matrix, rows)` of a tf constant or a `MappedFeatures` (read in NumPy)."""
+    if not isinstance(matrix, MappedFeatures):
+        return tf.gather(matrix, rows)
+    values = tf.numpy_function(lambda r: matrix[r].reshape(r.shape + (matrix.dim,)),
+                               [rows], tf.float32, stateful=False)
+    return tf.ensure_shape(values, rows.shape.concatenate([matrix.dim]))
 
 
 def _window_sizes(window):
@@ -369,6 +389,7 @@ def window_dataset(
     view="aligned",
     drop_remainder=False,
     repeat=False,
+    mapped="auto",
 ):
     """Batches of per-frame features over windows of previous frames, with the target's labels.
 
@@ -405,6 +426,9 @@ def window_dataset(
             `FeatureCache` of another view raises.
         drop_remainder: drop a last, smaller batch.
         repeat: repeat forever.
+        mapped: read the features of each batch from the memory-mapped caches
+            (`MappedFeatures`) instead of holding their matrix: `"auto"` above
+            `RESIDENT_BYTES` (1 GiB), True, or False.
 
     Returns:
         `tf.data.Dataset` of `(x, labels)`: `x` is `(B, W, D)` float32 for a single source,
@@ -425,7 +449,7 @@ def window_dataset(
     sizes = _window_sizes(window)
     view_columns(view)  # checks the name
     starts, stops = _index_runs(index)
-    matrices, single = _input_matrices(index, inputs, view)
+    matrices, single = _input_matrices(index, inputs, view, mapped)
     if single or windowed is None:
         windowed = tuple(matrices)
     else:
@@ -481,7 +505,7 @@ def window_dataset(
         offsets = tf.range(1 - size, 1, dtype=tf.int64)
         windows = tf.maximum(rows[:, None] + offsets, tf.gather(first_rows, rows)[:, None])
         x = {
-            name: tf.gather(matrix, windows if name in windowed else rows)
+            name: _gather(matrix, windows if name in windowed else rows)
             for name, matrix in matrices.items()
         }
         y = {task: tf.gather(values, positions) for task, values in label_tables.items()}
@@ -547,6 +571,7 @@ def segment_dataset(
     with_info=False,
     drop_remainder=False,
     repeat=False,
+    mapped="auto",
 ):
     """Batches of video segments of per-frame features, with per-step labels.
 
@@ -579,6 +604,7 @@ def segment_dataset(
             int64 (the segment's number in `segment_indices` order, -1 for fillers).
         drop_remainder: drop a last, smaller batch (not with `"streams"`).
         repeat: repeat forever.
+        mapped: as in `window_dataset`.
 
     Returns:
         `tf.data.Dataset` of `(x, labels)`: `x` `(B, L, D)` float32 (or a dict, see
@@ -595,7 +621,7 @@ def segment_dataset(
         raise ValueError(f"Unknown order {order!r}: expected one of {SEGMENT_ORDERS}.")
     view_columns(view)  # checks the name
     _index_runs(index)
-    matrices, single = _input_matrices(index, inputs, view)
+    matrices, single = _input_matrices(index, inputs, view, mapped)
     if with_info:
         clash = sorted(set(matrices) & set(INFO_KEYS))
         if clash:
@@ -622,7 +648,7 @@ def segment_dataset(
     def load(ids):
         slots = tf.where(ids < 0, tf.constant(n_segments, tf.int64), ids)
         steps = tf.gather(row_table, slots)
-        x = {name: tf.gather(matrix, steps) for name, matrix in matrices.items()}
+        x = {name: _gather(matrix, steps) for name, matrix in matrices.items()}
         label_rows = tf.gather(label_row_table, slots)
         y = {task: tf.gather(values, label_rows) for task, values in label_tables.items()}
         if with_info:

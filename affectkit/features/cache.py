@@ -29,6 +29,7 @@ Example:
 """
 
 import json
+import mmap
 import os
 
 import numpy as np
@@ -176,6 +177,18 @@ class FeatureCache:
             )
         return names
 
+    def load_frames(self, video):
+        """The stored frame numbers of one video (int64), without reading its features."""
+        path = self.video_path(video)
+        if not os.path.isfile(path):
+            return self.load(video, [])[FRAMES_KEY]  # raises the message of a missing video
+        with np.load(path, allow_pickle=False) as data:
+            frames = data[FRAMES_KEY].astype(np.int64)
+        if len(frames) == 0:
+            raise ValueError(f"{path}: no stored frame for video {video!r}, so its frames "
+                             "cannot take a nearest frame's features.")
+        return frames
+
     def load(self, video, names=None):
         """The stored arrays of one video: `frames` (n,) and each output (n, dim), float32."""
         names = self._check_names(names)
@@ -201,6 +214,40 @@ class FeatureCache:
                     )
                 out[name] = values
         return out
+
+    def mapped(self, video, name):
+        """One output of one video as a read-only `np.memmap` `(n, dim)` in the storage
+        dtype: nothing is read until rows are indexed. `np.savez` stores each array
+        uncompressed in the `.npz` (a zip), so the array's bytes lie at a fixed offset of
+        the file."""
+        import zipfile
+
+        path = self.video_path(video)
+        if not os.path.isfile(path):
+            self.load(video, [name])  # raises the message of a missing video
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo(f"{name}.npy")
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError(f"{path}: {name} is compressed; expected the uncompressed "
+                                 "arrays `CacheWriter` writes (np.savez).")
+        with open(path, "rb") as f:
+            f.seek(info.header_offset)
+            local = f.read(30)
+            name_length, extra_length = (int.from_bytes(local[26:28], "little"),
+                                         int.from_bytes(local[28:30], "little"))
+            f.seek(info.header_offset + 30 + name_length + extra_length)
+            version = np.lib.format.read_magic(f)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read_header(f)
+            offset = f.tell()
+        if fortran or shape != (shape[0], self.dims[name]):
+            raise ValueError(f"{path}: {name} has shape {shape}; expected (n, "
+                             f"{self.dims[name]}) in C order.")
+        values = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+        if hasattr(mmap, "MADV_RANDOM"):  # rows are read scattered: no read-ahead
+            values._mmap.madvise(mmap.MADV_RANDOM)
+        return values
 
     def features_for(self, index, names=None):
         """Features aligned to the rows of a `FrameIndex` (or a DataFrame of video, frame).
@@ -251,6 +298,93 @@ def _factorize(values):
     return codes.astype(np.int64), [str(u) for u in uniques]
 
 
+class MappedFeatures:
+    """The features `feature_matrix` would give, read on demand from memory-mapped cache
+    files: an index of millions of frames holds a video id and a stored position per row
+    and cache (8 bytes), never the matrix (2.7 M x 2048 float16 is 11 GB).
+
+    `features[rows]` is the float32 `(len(rows), dim)` of those index rows, read from the
+    page cache; sources are as in `feature_matrix` (caches, `(cache, names)`, or arrays
+    aligned to the rows, kept as they are).
+
+    Example:
+    >>> features = MappedFeatures(index, [FeatureCache("cache/vit"), audio])
+    >>> features.shape, features[np.arange(8)].shape     # ((2040000, 848), (8, 848))
+    """
+
+    def __init__(self, index, sources, view=None):
+        videos, frames = _frame_table(index)
+        self.codes, self.videos = _factorize(videos)
+        self.codes = self.codes.astype(np.int32)
+        self.parts = []  # (cache, names, positions, {video code: [memmap per name]}) or array
+        for source in sources if isinstance(sources, list) else [sources]:
+            cache, names = _cache_and_names(source, view)
+            if cache is None:
+                array = np.asarray(source, np.float32)
+                if array.shape[:1] != (len(frames),) or array.ndim != 2:
+                    raise ValueError(f"MappedFeatures: an array of shape {array.shape}; "
+                                     f"expected ({len(frames)}, dim) aligned to the index rows.")
+                self.parts.append(array)
+                continue
+            names = cache._check_names(names)
+            positions = np.zeros(len(frames), np.int32)
+            order = np.argsort(self.codes, kind="stable")
+            bounds = np.searchsorted(self.codes[order], np.arange(len(self.videos) + 1))
+            for k, video in enumerate(self.videos):
+                rows = order[bounds[k]:bounds[k + 1]]
+                stored = cache.load_frames(video)
+                positions[rows] = nearest_positions(stored, frames[rows])
+            self.parts.append((cache, names, positions, {}))
+        self.dim = sum(part.shape[1] if isinstance(part, np.ndarray)
+                       else sum(part[0].dims[n] for n in part[1]) for part in self.parts)
+        self.shape = (len(frames), self.dim)
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, rows):
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        out = np.empty((len(rows), self.dim), np.float32)
+        codes = self.codes[rows]
+        column = 0
+        for part in self.parts:
+            if isinstance(part, np.ndarray):
+                out[:, column:column + part.shape[1]] = part[rows]
+                column += part.shape[1]
+                continue
+            cache, names, positions, maps = part
+            for code in np.unique(codes).tolist():
+                chosen = np.flatnonzero(codes == code)
+                if code not in maps:
+                    maps[code] = [cache.mapped(self.videos[code], name) for name in names]
+                at = column
+                for values in maps[code]:
+                    out[chosen, at:at + values.shape[1]] = values[positions[rows[chosen]]]
+                    at += values.shape[1]
+            column += sum(cache.dims[n] for n in names)
+        return out
+
+
+def _cache_and_names(source, view):
+    """`(FeatureCache, names or None)` of a cache source (checked against `view`), or
+    `(None, None)` for an array."""
+    names = None
+    if isinstance(source, (str, os.PathLike)):
+        source = FeatureCache(source)
+    elif (isinstance(source, tuple) and len(source) == 2
+            and isinstance(source[0], FeatureCache)):
+        source, names = source
+    if not isinstance(source, FeatureCache):
+        return None, None
+    if view is not None and source.view is not None and source.view != view:
+        raise ValueError(
+            f"{source.path}: features of the {source.view!r} view, but the frames are "
+            f"selected by the images of the {view!r} view; pass view={source.view!r}, or "
+            f"a cache extracted from the {view!r} view."
+        )
+    return source, names
+
+
 def feature_matrix(index, sources, view=None):
     """One float32 matrix `(len(index), dim)` from one or several feature sources.
 
@@ -272,20 +406,9 @@ def feature_matrix(index, sources, view=None):
         if not sources:
             raise ValueError("feature_matrix: an empty list of sources; expected at least one.")
         return np.concatenate([feature_matrix(index, s, view) for s in sources], axis=1)
-    names = None
-    if isinstance(sources, (str, os.PathLike)):
-        sources = FeatureCache(sources)
-    elif (isinstance(sources, tuple) and len(sources) == 2
-            and isinstance(sources[0], FeatureCache)):
-        sources, names = sources
-    if isinstance(sources, FeatureCache):
-        if view is not None and sources.view is not None and sources.view != view:
-            raise ValueError(
-                f"{sources.path}: features of the {sources.view!r} view, but the frames are "
-                f"selected by the images of the {view!r} view; pass view={sources.view!r}, or "
-                f"a cache extracted from the {view!r} view."
-            )
-        return sources.matrix(index, names)
+    cache, names = _cache_and_names(sources, view)
+    if cache is not None:
+        return cache.matrix(index, names)
     array = np.asarray(sources, np.float32)
     rows = len(_frame_table(index)[0])
     if array.ndim != 2 or len(array) != rows:
