@@ -104,6 +104,24 @@ def test_config_errors_say_what_was_expected(tmp_path):
         Recipe(tiny_config("features.visual=null"), "unused", str(tmp_path)).prepare()
 
 
+def test_standardisation_adapts_chunk_by_chunk_to_the_numpy_moments(tmp_path):
+    """The training features stream through `Normalization.adapt` in chunks (never one
+    matrix): the mean and variance are those of NumPy over every row."""
+    features = np.random.default_rng(4).normal(2.0, 3.0, (101, 5)).astype(np.float32)
+    layer = keras.layers.Normalization(axis=-1)
+    layer.adapt(module.feature_chunks(features, rows=16))  # 7 chunks, the last of 5 rows
+    np.testing.assert_allclose(np.ravel(layer.mean), features.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(np.ravel(layer.variance), features.var(0), rtol=1e-4)
+    recipe, network = tiny_recipe(tmp_path, width=5)  # the recipe's own adapt_model
+    moments = network.get_layer("feature_normalization")
+    np.testing.assert_allclose(np.ravel(moments.mean), recipe_matrix(5).mean(0), rtol=1e-5)
+
+
+def recipe_matrix(width, seed=0):
+    """The features `tiny_recipe` adapts to."""
+    return np.random.default_rng(seed).normal(2.0, 3.0, (64, width))
+
+
 # ------------------------------------------------------------------------- R-Drop
 
 

@@ -39,7 +39,7 @@ from affectkit.data.pipeline import label_arrays
 from affectkit.data.splits import fold_indexes
 from affectkit.evaluation.scoring import write_scores
 from affectkit.features.audio import AUDIO_FEATURES, extract_audio_features
-from affectkit.features.cache import FeatureCache, feature_matrix
+from affectkit.features.cache import FeatureCache, MappedFeatures
 from affectkit.features.extraction import backbone_feature_model, extract_features
 from affectkit.models.backbones import model_file_backbone
 from affectkit.recipes.base import Recipe
@@ -212,9 +212,10 @@ class MultimodalEnsembleRecipe(Recipe):
     # ------------------------------------------------------------------ training
 
     def datasets(self, train_index, val_index):
-        self.train_features = feature_matrix(train_index, self.feature_caches, view=VIEW)
-        return self.segment_datasets(train_index, val_index, self.feature_caches,
-                                     train_sources=self.train_features)
+        # Read on demand: Aff-Wild2's 2 M training frames of the paper's 3670-d features
+        # would be 30 GB as a matrix; the segment datasets map them too above 1 GiB.
+        self.train_features = MappedFeatures(train_index, self.feature_caches, view=VIEW)
+        return self.segment_datasets(train_index, val_index, self.feature_caches)
 
     def train_labels(self, train_index):
         return label_arrays(train_index, self.tasks, missing_images="fill", view=VIEW)
@@ -226,8 +227,8 @@ class MultimodalEnsembleRecipe(Recipe):
                 raise RuntimeError(f"{self.name}: adapt_model adapts the standardisation to "
                                    "the training features of datasets(); expected a "
                                    "datasets() call first (as Recipe.run makes it).")
-            matrix, self.train_features = self.train_features, None  # the dataset holds a copy
-            network.get_layer("feature_normalization").adapt(matrix[:, None, :])
+            features, self.train_features = self.train_features, None
+            network.get_layer("feature_normalization").adapt(feature_chunks(features))
 
     def training_model(self, network):
         return SegmentStream(network, self.config["data"]["batch_size"],
@@ -332,6 +333,23 @@ class SegmentStream(keras.Model):
     def save(self, filepath, *args, **kwargs):
         """Saves the plain network (not this wrapper) to `filepath`."""
         return self.network.save(filepath, *args, **kwargs)
+
+
+def feature_chunks(features, rows=65536):
+    """The rows of a feature matrix or `MappedFeatures` as a dataset of `(rows, 1, dim)`
+    chunks, for `Normalization.adapt`, which accumulates its mean and variance over them:
+    exact, in the memory of one chunk."""
+    import tensorflow as tf
+
+    n, dim = features.shape
+
+    def chunks():
+        for start in range(0, n, rows):
+            yield np.asarray(features[np.arange(start, min(start + rows, n))],
+                             np.float32)[:, None, :]
+
+    return tf.data.Dataset.from_generator(
+        chunks, output_signature=tf.TensorSpec((None, 1, dim), tf.float32))
 
 
 # ------------------------------------------------------------------------- visual caches
