@@ -193,6 +193,32 @@ def _extract_features_arguments(parser):
                         help="storage dtype of the features")
 
 
+def _shard_arguments(parser):
+    parser.add_argument("--data", required=True, help="Aff-Wild2 root folder")
+    parser.add_argument("--edition", required=True, choices=EDITIONS)
+    parser.add_argument("--split", required=True, choices=("train", "val"))
+    parser.add_argument("--out", required=True, help="folder of this split's shards (resumes "
+                                                     "if it exists)")
+    parser.add_argument("--shards", type=int, help="shard files (default: about 128 MiB "
+                                                   "each, at least 8)")
+    parser.add_argument("--view", default="aligned", choices=("aligned", "cropped"))
+    parser.add_argument("--annotations", default="auto", choices=("auto", "mtl", "per_task"),
+                        help="the MTL file where the edition has one (auto), or per-task "
+                             "folders")
+    parser.add_argument("--missing-images", default="skip", choices=("skip", "fill"),
+                        help="frames without their own image: left out, or the nearest one's")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a folder written for other frames or settings")
+
+
+def _shard(args):
+    from affectkit.data.shards import shard_command
+
+    shard_command(args.data, args.edition, args.split, args.out, shards=args.shards,
+                  view=args.view, annotations=args.annotations,
+                  missing_images=args.missing_images, overwrite=args.overwrite)
+
+
 def _recipes(args):
     import textwrap
 
@@ -440,6 +466,8 @@ COMMANDS = (
     Command("extract-features",
             "run a model once over every frame (or read the audio) and cache the features",
             _extract_features_arguments, _extract_features, uses_tensorflow=True),
+    Command("shard", "write a split as TFRecord shards (JPEG bytes and labels) for "
+            "multi-worker training", _shard_arguments, _shard, uses_tensorflow=True),
     Command("recipes", "list the recipes (one per paper) and their presets",
             lambda parser: None, _recipes),
     Command("train", "train a recipe into a run directory (resumes when rerun)",

@@ -567,3 +567,24 @@ def _worker_main(folder, output):
 
 if __name__ == "__main__":
     _worker_main(*sys.argv[1:])
+
+
+def test_the_shard_command_line(root, tmp_path, capsys):
+    """`affectkit shard`: writes and summarises; a rerun with other settings and a missing
+    folder are named errors (exit 2, no traceback); `--overwrite` replaces."""
+    from affectkit import cli
+
+    out = str(tmp_path / "train")
+    base = ["shard", "--data", root, "--edition", "abaw3", "--split", "train", "--out", out]
+    assert cli.main(base + ["--shards", "2"]) == 0
+    assert "2 shards in" in capsys.readouterr().out
+    assert len(shards.read_shard_metadata(out)["shards"]) == 2
+    assert cli.main(base + ["--shards", "3"]) == 2
+    error = capsys.readouterr().err
+    assert "metadata.json was written for 2 shards" in error and "--overwrite" in error
+    assert "Traceback" not in error
+    assert cli.main(base + ["--shards", "3", "--overwrite"]) == 0
+    assert len(shards.read_shard_metadata(out)["shards"]) == 3
+    bad = ["shard", "--data", str(tmp_path / "none"), "--edition", "abaw3", "--split", "train",
+           "--out", out]
+    assert cli.main(bad) == 2 and "no such Aff-Wild2 folder" in capsys.readouterr().err

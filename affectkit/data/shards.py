@@ -353,7 +353,7 @@ def _mismatch(path, old, new):
             else:
                 what = f"{key}={old.get(key)!r}, this call {key}={new[key]!r}"
             return (f"{path} was written for {what}; expected a new folder for these shards "
-                    "(or overwrite=True to replace them).")
+                    "(or overwrite=True, `affectkit shard --overwrite`, to replace them).")
     return None
 
 
@@ -392,7 +392,7 @@ def _prepare_folder(out, plan, overwrite):
             raise ValueError(
                 f"{out}: holds shard files ({shard_files[0]}, ...) but no {METADATA_FILE} or "
                 f"{PLAN_FILE} saying what they are; expected an empty folder or one written "
-                "by write_shards (or overwrite=True to replace them).")
+                "by write_shards (or overwrite=True, `affectkit shard --overwrite`, to replace them).")
     _write_json(os.path.join(out, PLAN_FILE), plan)
     return None
 
