@@ -219,6 +219,7 @@ def test_lstm_state_carries_over_segments_and_resets_at_a_new_run(train_index, t
 def test_transformer_frames_are_blind_to_the_padding(train_index, tmp_path):
     """Videos of 16 frames in 64-frame segments: each frame's prediction equals the model on
     the unpadded video, whatever the padding holds (issue 10: `valid` reaches the encoder)."""
+    keras.utils.set_random_seed(0)  # the same network whatever ran before
     recipe, network = tiny_recipe(tmp_path, "data.segment_length=64")
     index = train_index
     features = np.random.default_rng(5).normal(size=(len(index.frames), 12)).astype("float32")
