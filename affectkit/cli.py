@@ -260,11 +260,14 @@ def _train_arguments(parser):
     parser.add_argument("--epochs", type=int, help="set every stage's epochs (quick runs)")
     parser.add_argument("--config", help="a run's config.json: train exactly that "
                                          "configuration again (--set and --epochs still apply)")
+    parser.add_argument("--strategy", choices=("auto", "mirrored", "multiworker"),
+                        help="sets run.strategy: auto (the preset's default: MirroredStrategy "
+                             "with several GPUs), mirrored (this machine's GPUs) or "
+                             "multiworker (the cluster of TF_CONFIG; run it on every worker)")
 
 
 def _train(args):
     from affectkit import presets
-    from affectkit.recipes import get_recipe
     from affectkit.training.run_directory import read_run_config
 
     base, data, preset = None, args.data, args.preset
@@ -278,7 +281,24 @@ def _train(args):
     if not os.path.isdir(data):
         raise FileNotFoundError(f"{data}: no such folder; expected an Aff-Wild2 folder.")
     config = presets.resolve(args.recipe, preset, args.set, args.epochs, config=base)
-    get_recipe(args.recipe)(config, data, args.out, preset=preset).run()
+    if args.strategy:
+        config.setdefault("run", {})["strategy"] = args.strategy
+    out, strategy = args.out, None
+    if config.get("run", {}).get("strategy") == "multiworker":
+        from affectkit.training import distribute
+
+        # Before the recipe runs anything in TensorFlow; its trainer gets the same strategy.
+        strategy = distribute.build_strategy("multiworker")
+        out = distribute.worker_run_dir(args.out, strategy)
+    from affectkit.recipes import get_recipe
+
+    get_recipe(args.recipe)(config, data, out, preset=preset).run()
+    if out != args.out:
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)  # a non-chief worker's own folder
+        print(f"\nWorker {distribute.task(strategy)[1]} done; the chief writes {args.out}.")
+        return
     print(f"\nRun directory: {args.out} (model.keras, metrics.json, config.json, history.csv, "
           "plots, predictions/)")
 

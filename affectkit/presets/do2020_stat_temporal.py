@@ -73,7 +73,8 @@ PAPER = {
     "stages": {
         "temporal": {"epochs": 10, "optimizer": {"name": "adam", "learning_rate": 1e-4}},
     },
-    "run": {"mixed_precision": False, "jit_compile": False, "backup_every": 50},
+    "run": {"mixed_precision": False, "jit_compile": False, "backup_every": 50,
+            "strategy": "auto"},
 }
 
 RUNS = {

@@ -55,7 +55,8 @@ PAPER = {
     },
     # Validation faces whose region attention maps `attention_maps.png` shows (0: none).
     "attention_maps": 8,
-    "run": {"mixed_precision": False, "jit_compile": False, "backup_every": 50},
+    "run": {"mixed_precision": False, "jit_compile": False, "backup_every": 50,
+            "strategy": "auto"},
 }
 
 RUNS = {

@@ -52,7 +52,8 @@ PAPER = {
     # does not say; "mean" averages it).
     "losses": {"rdrop": True, "rdrop_alpha": 5.0, "rdrop_kl_reduction": "sum"},
     "stages": {"rdrop": {"epochs": 25, "optimizer": {"name": "adam", "learning_rate": 1e-4}}},
-    "run": {"mixed_precision": False, "jit_compile": False, "backup_every": 50},
+    "run": {"mixed_precision": False, "jit_compile": False, "backup_every": 50,
+            "strategy": "auto"},
 }
 
 # The 400-d pooled feature of RegNetX-400MF with random weights at 64 px: no download, about

@@ -69,7 +69,8 @@ PAPER = {
                   "optimizer": {"name": "adamw", "learning_rate": 1e-3, "weight_decay": 5e-5},
                   "plateau": {"factor": 0.1, "patience": 10}},
     },
-    "run": {"mixed_precision": False, "jit_compile": False, "backup_every": 50},
+    "run": {"mixed_precision": False, "jit_compile": False, "backup_every": 50,
+            "strategy": "auto"},
 }
 
 RUNS = {

@@ -40,7 +40,8 @@ PAPER = {
                                              "momentum": 0.0,  # not given by the paper
                                              "l2": 5e-3}},
     },
-    "run": {"mixed_precision": False, "jit_compile": False, "backup_every": 50},
+    "run": {"mixed_precision": False, "jit_compile": False, "backup_every": 50,
+            "strategy": "auto"},
 }
 
 RUNS = {

@@ -9,9 +9,10 @@ import keras
 import tensorflow as tf
 
 from affectkit.losses import UncertaintyWeighting
+from affectkit.training.distribute import DistributedFit
 
 
-class MultiTaskModel(keras.Model):
+class MultiTaskModel(DistributedFit, keras.Model):
     """Trains `network` on a dict of per-task losses.
 
     Args:
@@ -21,6 +22,9 @@ class MultiTaskModel(keras.Model):
             `uncertainty` is set.
         uncertainty: learn the task weights (MTANet eq. 5) instead of fixed ones.
         regression_tasks: tasks weighted 1/(2 sigma^2) under uncertainty weighting.
+
+    It trains under every `tf.distribute` strategy, `MultiWorkerMirroredStrategy` included
+    (`affectkit.training.distribute.DistributedFit`).
 
     Example:
     >>> model = MultiTaskModel(network, {"va": MaskedCCCLoss(), "expr": MaskedCategoricalCrossentropy()})

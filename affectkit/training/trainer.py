@@ -11,28 +11,30 @@ A run directory holds:
 
 Running the same command again after a kill resumes: finished stages are skipped and the
 stage in progress restarts from its last backup (`keras.callbacks.BackupAndRestore`).
+
+Under `MultiWorkerMirroredStrategy` (`strategy="multiworker"`) every worker runs the same
+stages; the chief writes the run directory, the other workers the same files to their own
+`RUN_DIR/.worker_<index>` (`affectkit.training.distribute.worker_run_dir`), their own
+resume state included. A resumed stage takes the chief's backup on every worker. Each
+epoch's ABAW validation runs on every worker, each predicting its share of the validation
+set (Keras gathers the outputs across workers, a collective op that every worker must
+enter), and scores the pooled predictions: every worker sees the same `val_score`, so
+callbacks that read it (reduce-on-plateau, say) act alike on every worker.
 """
 
 import json
 import os
+import shutil
 import sys
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from affectkit import metrics
 from affectkit.labels import get_schema
-from affectkit.training import run_directory
+from affectkit.training import distribute, run_directory
+from affectkit.training.distribute import default_strategy  # noqa: F401 (its former home)
 from affectkit.training.multitask_model import MultiTaskModel
-
-
-def default_strategy():
-    """`MirroredStrategy` over the visible GPUs when there are several, else the default."""
-    gpus = tf.config.list_logical_devices("GPU")
-    if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
 
 
 def validation_scores(schema, tasks, y_true, y_pred):
@@ -102,7 +104,11 @@ class Trainer:
         run_dir: the run directory (created).
         schema: `LabelSchema` or edition name.
         tasks: tasks trained and scored, e.g. `("va", "expr", "au")`.
-        strategy: a `tf.distribute` strategy; default `default_strategy()`.
+        strategy: a `tf.distribute` strategy, or its name: `"auto"` (default:
+            `MirroredStrategy` with several GPUs, else one device), `"mirrored"` or
+            `"multiworker"` (`affectkit.training.distribute.build_strategy`). Under
+            `"multiworker"`, `run_dir` of a non-chief worker becomes its own folder
+            `run_dir/.worker_<index>` (`remove_worker_dir` deletes it at the end).
         mixed_precision: train in `mixed_float16` (heads stay float32).
         jit_compile: compile train steps with XLA (slower on CPU, often faster on GPU).
         backup_every: steps between mid-epoch backups (`BackupAndRestore(save_freq=...)`);
@@ -127,24 +133,32 @@ class Trainer:
         jit_compile=False,
         backup_every=50,
     ):
-        self.run_dir = run_dir
+        self.strategy = distribute.build_strategy(strategy)
+        self.is_chief = distribute.is_chief(self.strategy)
+        self.run_dir = distribute.worker_run_dir(run_dir, self.strategy)
         self.schema = get_schema(schema)
         self.tasks = tuple(tasks)
         self.jit_compile = jit_compile
         self.backup_every = backup_every
-        self.state_dir = os.path.join(run_dir, "state")
+        self.state_dir = os.path.join(self.run_dir, "state")
         os.makedirs(self.state_dir, exist_ok=True)
         if mixed_precision:
             keras.mixed_precision.set_dtype_policy("mixed_float16")
-        self.strategy = strategy or default_strategy()
 
     @classmethod
     def from_config(cls, run_dir, schema, tasks, config):
         """A trainer with a recipe config's run options: `mixed_precision`, `jit_compile`
-        (default False) and `backup_every` (default 50)."""
-        return cls(run_dir, schema, tasks, mixed_precision=config.get("mixed_precision", False),
+        (default False), `backup_every` (default 50) and `strategy` (default `"auto"`)."""
+        return cls(run_dir, schema, tasks, strategy=config.get("strategy", "auto"),
+                   mixed_precision=config.get("mixed_precision", False),
                    jit_compile=config.get("jit_compile", False),
                    backup_every=config.get("backup_every", 50))
+
+    def remove_worker_dir(self):
+        """Deletes a non-chief worker's folder (`run_dir/.worker_<index>`) once the run is
+        done with it; nothing on the chief."""
+        if not self.is_chief:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
     @property
     def best_path(self):
@@ -183,7 +197,9 @@ class Trainer:
             The stage's `keras.callbacks.History`, or None if it was already done.
         """
         done_path = self._stage_done_path(stage)
-        if os.path.exists(done_path):
+        # Workers skip a stage together or train it together (a finished stage then restores
+        # its last backup and trains no further epoch).
+        if distribute.all_workers(self.strategy, os.path.exists(done_path)):
             network.load_weights(done_path)
             print(f"[{stage}] already finished in {self.run_dir}; weights loaded.")
             return None
@@ -193,6 +209,8 @@ class Trainer:
             with open(metadata) as f:
                 epoch = json.load(f)["epoch"]
             print(f"[{stage}] resuming from its backup at epoch {epoch + 1} ({self.run_dir}).")
+        train_ds = distribute.shard_by_data(train_ds, self.strategy)
+        val_ds = distribute.shard_by_data(val_ds, self.strategy)
         with self.strategy.scope():
             model = MultiTaskModel(
                 network, losses, loss_weights=loss_weights, uncertainty=uncertainty,
@@ -240,7 +258,7 @@ class Trainer:
         from affectkit import plots
 
         best = keras.saving.load_model(self.best_path) if os.path.exists(self.best_path) else network
-        y_pred = predict_arrays(best, val_ds, self.tasks)
+        y_pred = predict_arrays(best, distribute.shard_by_data(val_ds, self.strategy), self.tasks)
         scores = validation_scores(self.schema, self.tasks, val_labels, y_pred)
         model_path = os.path.join(self.run_dir, "model.keras")
         run_directory.write_atomic(model_path, best.save)
@@ -270,7 +288,26 @@ class Trainer:
 
 class _Backup(keras.callbacks.BackupAndRestore):
     """`BackupAndRestore` that backs up every `save_freq` steps and at every epoch end,
-    so a resumed run repeats neither a finished epoch nor more than `save_freq` steps."""
+    so a resumed run repeats neither a finished epoch nor more than `save_freq` steps.
+
+    Each worker of a cluster backs up to its own folder (Keras' callback has no notion of
+    workers: on a shared file system they would write one file). Restoring, every worker
+    takes the chief's weights, optimizer state and epoch, so that a kill that caught the
+    workers between two backups, or a worker that lost its folder, still resumes them alike.
+    """
+
+    def on_train_begin(self, logs=None):
+        restored = os.path.exists(self._weights_path) or os.path.exists(self._prev_weights_path)
+        super().on_train_begin(logs)
+        strategy = self.model.distribute_strategy
+        # Workers that all start afresh hold the same state already.
+        if not distribute.is_multi_worker(strategy) or distribute.all_workers(strategy,
+                                                                              not restored):
+            return
+        epoch = keras.Variable(self.model._initial_epoch or 0, dtype="int64", trainable=False)
+        distribute.broadcast_from_chief(
+            strategy, [*self.model.weights, *self.model.optimizer.variables, epoch])
+        self.model._initial_epoch = int(epoch.numpy())
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
