@@ -9,7 +9,7 @@ setup(
     install_requires=[
         "tensorflow>=2.16,<2.22",
         "tensorboard>=2.16,<2.22",
-        "keras>=3.10,<4",
+        "keras==3.15.1",  # the multi-worker fit fix is tested on it (training/distribute.py)
         "keras-tuner>=1.4.7,<1.5",
         # KerasTuner's chief/worker search talks gRPC; TF 2.21 no longer installs it (nor
         # tensorboard, which KerasTuner imports in every trial).
